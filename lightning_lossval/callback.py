@@ -1,0 +1,330 @@
+"""LossValCallback: learns one weight per training sample during an ordinary ``fit``."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from lightning_lossval.data import BATCH_HOOKS, Indexed, IndexedDataset, on_inner_batch
+from lightning_lossval.functional import ObjectiveConfig, lossval_objective, resolve_config
+from lightning_lossval.mixin import WEIGHTS, LossValMixin
+
+GROUP_NAME = "lossval_weights"
+INDEX_HELP = "wrap your DataModule in IndexedDataModule(...) or your train DataLoader in index_dataloader(...)"
+
+
+class LossValCallback(Callback):
+    """Values every training sample with LossVal (arXiv 2412.04158) while the model trains.
+
+    Example::
+
+        model = Net()                                   # a LossValMixin LightningModule
+        dm = IndexedDataModule(MyDataModule())          # training batches carry sample indices
+        cb = LossValCallback(val_data=(x_val, y_val))
+        Trainer(callbacks=[cb], max_epochs=30).fit(model, dm)
+        cb.values                                       # [N], low = harmful
+        cb.to_csv("values.csv")
+
+    What it does, in hook order:
+
+    - ``setup``: registers ``lossval_weights`` (``N`` ones) as a parameter of the module, before
+      any strategy wraps it, so DDP broadcasts it and all-reduces its gradient; wraps the
+      module's ``training_step`` so that it gets the batch without indices while
+      :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the LossVal objective.
+    - ``on_fit_start``: moves the weights into the user's optimizer as their own param group
+      named ``"lossval_weights"`` (learning rate ``lr``, no weight decay), taking them out of the
+      user's groups if ``self.parameters()`` swept them in. The user's LR schedulers do not see
+      this group: its learning rate stays ``lr``. Computes the validation features once.
+    - every ``log_every_n_steps`` and at each epoch end (rank zero): a weight histogram and the
+      scalars ``lossval/weight_mean``, ``_std``, ``_min`` and ``_frac_below_init``.
+    - ``on_fit_end``: writes ``values.csv`` (``index,value``) and ``values.pt`` atomically into
+      the run's log directory.
+
+    The weights are module parameters, so checkpoints hold them, and resuming restores them with
+    the optimizer state of their group.
+
+    Args:
+        val_data: the validation set the batches are compared with. A ``[V, ...]`` tensor of
+            features, a ``Dataset`` or ``DataLoader`` whose batches go through the module's
+            ``lossval_features``, a ``(inputs, targets)`` tuple of tensors, or ``None`` for the
+            DataModule's ``val_dataloader``.
+        lr: learning rate of the weights (paper: 0.01, the same Adam as the network).
+        objective: a preset name (``"paper"``), an :class:`ObjectiveConfig` or a dict of its fields.
+        num_samples: number of training samples; by default the length of the training dataset.
+        optimizer_index: which of the module's optimizers gets the weights.
+        log_every_n_steps: histogram and scalar cadence in optimizer steps (default: the
+            Trainer's ``log_every_n_steps``); 0 logs at epoch ends only.
+        export: write ``values.csv`` and ``values.pt`` into the log directory at the end of fit.
+    """
+
+    def __init__(
+        self,
+        val_data: Tensor | Dataset | DataLoader | tuple | None = None,
+        lr: float = 0.01,
+        objective: str | ObjectiveConfig | dict = "paper",
+        num_samples: int | None = None,
+        optimizer_index: int = 0,
+        log_every_n_steps: int | None = None,
+        export: bool = True,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        self.val_data = val_data
+        self.lr = lr
+        self.config = resolve_config(objective)
+        self.num_samples = num_samples
+        self.optimizer_index = optimizer_index
+        self.log_every_n_steps = log_every_n_steps
+        self.export = export
+        self.in_training_step = False
+        self.values_path: Path | None = None
+        self._weights: nn.Parameter | None = None
+        self._val_features: Tensor | None = None
+        self._step: Indexed | None = None
+        self._objective_calls = 0
+        self._checked_shapes = False
+        self._last_logged_step = -1
+
+    # ------------------------------------------------------------------ values
+    @property
+    def values(self) -> Tensor:
+        """The learned weights, ``[N]`` on the CPU, aligned with the training dataset's indices."""
+        if self._weights is None:
+            raise RuntimeError("no values yet: call trainer.fit(...) with this callback first")
+        return self._weights.detach().float().cpu().clone()
+
+    def to_csv(self, path: str | os.PathLike) -> Path:
+        """Write ``index,value`` rows, atomically (a crash never leaves a truncated file)."""
+        values = _finite_or_raise(self.values, "export")
+        lines = ["index,value"] + [f"{i},{v:.9g}" for i, v in enumerate(values.tolist())]
+        return _atomic_write(Path(path), lambda f: f.write("\n".join(lines).encode() + b"\n"))
+
+    def save_values(self, directory: str | os.PathLike) -> Path:
+        """Write ``values.csv`` and ``values.pt`` into ``directory``; returns the CSV's path."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        values = _finite_or_raise(self.values, "export")
+        _atomic_write(directory / "values.pt", lambda f: torch.save(values, f))
+        return self.to_csv(directory / "values.csv")
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not isinstance(pl_module, LossValMixin):
+            raise TypeError(
+                f"{type(pl_module).__name__} does not provide per-sample losses: add LossValMixin as its first base "
+                "class and reduce the per-sample losses in training_step with self.lossval_loss(losses)"
+            )
+        n = self.num_samples if self.num_samples is not None else _count_train_samples(trainer)
+        weights = pl_module._parameters.get(WEIGHTS)
+        if weights is None:
+            weights = nn.Parameter(torch.ones(n, device=pl_module.device))
+            pl_module.register_parameter(WEIGHTS, weights)
+        elif weights.numel() != n:
+            raise ValueError(f"{type(pl_module).__name__} already has {weights.numel()} LossVal weights but the data has {n} samples")
+        self._weights = weights
+        pl_module._lossval_callback = self
+        pl_module.training_step = functools.wraps(pl_module.training_step)(
+            functools.partial(self._training_step, pl_module.training_step)
+        )
+        pl_module.lr_scheduler_step = functools.wraps(pl_module.lr_scheduler_step)(
+            functools.partial(_without_weights_group, pl_module.lr_scheduler_step)
+        )
+        for name in BATCH_HOOKS:
+            if is_overridden(name, pl_module):
+                setattr(pl_module, name, on_inner_batch(getattr(pl_module, name)))
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        for name in ("training_step", "lr_scheduler_step", "_lossval_callback", *BATCH_HOOKS):
+            pl_module.__dict__.pop(name, None)
+        self._step = None
+        self.in_training_step = False
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._add_param_group(trainer)
+        self._val_features = self._validation_features(trainer, pl_module)
+        self._checked_shapes = False
+        self._last_logged_step = -1
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
+        every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
+        if every and trainer.global_step % every == 0:
+            self._log(trainer)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        _finite_or_raise(self.values, f"epoch {trainer.current_epoch}")
+        self._log(trainer)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
+        if self.export and trainer.is_global_zero:
+            self.values_path = self.save_values(directory)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"num_samples": None if self._weights is None else self._weights.numel(), "lr": self.lr,
+                "objective": dataclasses.asdict(self.config)}
+
+    # ------------------------------------------------------------------ the step
+    def _training_step(self, step: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(batch, Indexed):
+            raise TypeError(f"the training batch carries no sample indices: {INDEX_HELP}")
+        self._step, self._objective_calls, self.in_training_step = batch, 0, True
+        try:
+            output = step(batch.data, *args, **kwargs)
+        finally:
+            self._step, self.in_training_step = None, False
+        if self._objective_calls == 0:
+            raise RuntimeError(
+                "training_step did not call self.lossval_loss(per_sample_losses): LossVal needs one loss per "
+                "sample; compute the loss with reduction='none' and return self.lossval_loss(losses)"
+            )
+        return output
+
+    def objective(self, pl_module: LightningModule, losses: Tensor, features: Tensor | None) -> Tensor:
+        """The LossVal objective of the current training batch (called by ``lossval_loss``)."""
+        index, batch = self._step
+        if losses.dim() != 1 or losses.shape[0] != index.shape[0]:
+            raise ValueError(
+                f"lossval_loss expects one loss per sample, shape [{index.shape[0]}], got {tuple(losses.shape)}; "
+                "compute the loss with reduction='none'"
+            )
+        if features is None:
+            features = pl_module.lossval_features(batch)
+        features = features.detach().reshape(features.shape[0], -1)
+        if not self._checked_shapes:
+            self._check_batch(index, features)
+        self._objective_calls += 1
+        weights = self._weights[index.to(self._weights.device)]
+        return lossval_objective(weights, losses, features, self._val_features, self.config)
+
+    def _check_batch(self, index: Tensor, features: Tensor) -> None:
+        n = self._weights.numel()
+        if index.dtype != torch.long or index.dim() != 1 or int(index.min()) < 0 or int(index.max()) >= n:
+            raise ValueError(f"sample indices must be a [B] long tensor within [0, {n}); got {index!r}: {INDEX_HELP}")
+        if features.shape[1] != self._val_features.shape[1]:
+            raise ValueError(
+                f"the training batch has {features.shape[1]} features but the validation features have "
+                f"{self._val_features.shape[1]}: pass val_data represented like the training inputs "
+                "(or override lossval_features so both match)"
+            )
+        self._checked_shapes = True
+
+    # ------------------------------------------------------------------ fit start
+    def _add_param_group(self, trainer: Trainer) -> None:
+        if len(trainer.optimizers) <= self.optimizer_index:
+            raise ValueError(
+                f"LossVal puts the weights into optimizer {self.optimizer_index} but configure_optimizers returned "
+                f"{len(trainer.optimizers)}; return an optimizer or set optimizer_index"
+            )
+        optimizer = trainer.optimizers[self.optimizer_index]
+        for group in optimizer.param_groups:
+            group["params"] = [p for p in group["params"] if p is not self._weights]
+        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+        optimizer.add_param_group({"params": [self._weights], "lr": self.lr, "weight_decay": 0.0, "name": GROUP_NAME})
+
+    def _validation_features(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
+        data = self.val_data
+        if data is None:
+            datamodule = trainer.datamodule
+            if datamodule is None or not is_overridden("val_dataloader", datamodule):
+                raise ValueError("LossValCallback needs validation data: pass val_data=... or use a DataModule with a val_dataloader")
+            data = datamodule.val_dataloader()
+        if isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
+            data = torch.utils.data.TensorDataset(*data)
+        if isinstance(data, Tensor):
+            features = data
+        else:
+            loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=1024)
+            with torch.no_grad():
+                parts = [pl_module.lossval_features(move_data_to_device(b, pl_module.device)) for b in loader]
+            features = torch.cat(parts) if parts else torch.empty(0)
+        features = features.detach().to(pl_module.device, torch.float32)
+        if features.shape[0] == 0:
+            raise ValueError("the validation set for LossVal is empty; pass val_data with at least one sample")
+        features = features.reshape(features.shape[0], -1)
+        bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten()
+        if len(bad):
+            raise ValueError(
+                f"{len(bad)} validation rows hold NaN or inf (first rows: {bad[:10].tolist()}); "
+                "drop or impute them before training"
+            )
+        return features
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, trainer: Trainer) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or step == self._last_logged_step:
+            return
+        self._last_logged_step = step
+        w = self.values
+        metrics = {
+            "lossval/weight_mean": w.mean().item(),
+            "lossval/weight_std": w.std().item() if w.numel() > 1 else 0.0,
+            "lossval/weight_min": w.min().item(),
+            "lossval/weight_frac_below_init": (w < 1.0).float().mean().item(),
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=step)
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_histogram("lossval/weights", w, step)
+
+
+def _count_train_samples(trainer: Trainer) -> int:
+    """Length of the training dataset, read from the loader that fit will use."""
+    source = trainer.fit_loop._data_source  # the loader or DataModule given to fit
+    if not source.is_defined():
+        raise ValueError("LossValCallback found no train dataloader; pass num_samples= or give fit a training loader")
+    loader = source.dataloader()
+    if not isinstance(loader, DataLoader) or not isinstance(loader.dataset, IndexedDataset):
+        raise TypeError(f"the train dataloader does not carry sample indices: {INDEX_HELP}")
+    return len(loader.dataset)
+
+
+def _without_weights_group(scheduler_step: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ``lr_scheduler_step`` with the weights' group hidden, so schedulers neither crash on
+    it (LambdaLR, OneCycleLR keep per-group lists built before it existed) nor change its lr."""
+    optimizer = scheduler.optimizer
+    groups = optimizer.param_groups
+    optimizer.param_groups = [g for g in groups if g.get("name") != GROUP_NAME]
+    try:
+        return scheduler_step(scheduler, *args, **kwargs)
+    finally:
+        optimizer.param_groups = groups
+
+
+def _finite_or_raise(values: Tensor, when: str) -> Tensor:
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise FloatingPointError(
+            f"{bad} of {values.numel()} LossVal weights are NaN or inf ({when}): the objective diverged; check the "
+            "training inputs and losses for NaN or inf, or lower the weights' lr"
+        )
+    return values
+
+
+def _atomic_write(path: Path, write: Any) -> Path:
+    """Write through a temporary file in the same directory, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

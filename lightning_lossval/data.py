@@ -1,0 +1,197 @@
+"""Training data that carries global sample indices.
+
+A training batch becomes ``Indexed(index, data)``: ``index`` is a ``[B]`` long tensor of positions
+in the training dataset and ``data`` is exactly the batch the wrapped loader would have produced.
+The index comes from the dataset itself, so it stays global whatever sampler Lightning injects
+(``DistributedSampler`` included). Validation, test and predict loaders are not touched.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
+from torch.utils.data.dataloader import default_collate
+
+BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+EVAL_LOADERS = ("val_dataloader", "test_dataloader", "predict_dataloader")
+
+
+class Indexed(NamedTuple):
+    """A sample (``index``: int) or a batch (``index``: ``[B]`` long tensor) with its position(s)."""
+
+    index: Any
+    data: Any
+
+
+class IndexedDataset(Dataset):
+    """A map-style dataset whose item ``i`` is ``Indexed(i, dataset[i])``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+            raise TypeError(
+                f"LossVal needs a map-style training dataset with __len__ and __getitem__ (one weight per "
+                f"sample), got {type(dataset).__name__}; materialise the iterable data into a Dataset first"
+            )
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Indexed:
+        return Indexed(index, self.dataset[index])
+
+
+class IndexedCollate:
+    """Collates ``Indexed`` samples: the indices into a long tensor, the samples with ``collate_fn``."""
+
+    def __init__(self, collate_fn: Callable[[list], Any] | None = None) -> None:
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, samples: list[Indexed]) -> Indexed:
+        index = torch.tensor([s.index for s in samples], dtype=torch.long)
+        return Indexed(index, self.collate_fn([s.data for s in samples]))
+
+
+class EpochRandomSampler(RandomSampler):
+    """A random order that depends only on ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` before each epoch, so a run resumed from a checkpoint shuffles
+    exactly like an uninterrupted one (a plain ``RandomSampler`` draws from the global RNG, which
+    a checkpoint does not hold). Lightning still sees a ``RandomSampler``, so under DDP it swaps
+    in a shuffling ``DistributedSampler``, which is epoch-seeded too.
+    """
+
+    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+def default_seed() -> int:
+    """The seed of ``lightning.seed_everything`` if it was called, else 0."""
+    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+
+
+def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
+    """A copy of a training ``DataLoader`` whose batches are ``Indexed(index, batch)``.
+
+    Batch size, workers, ``drop_last``, ``collate_fn`` (applied to the samples as before) and a
+    custom sampler or batch sampler are kept; a plain shuffling ``RandomSampler`` becomes an
+    :class:`EpochRandomSampler` seeded with ``seed`` (default: :func:`default_seed`).
+    """
+    if not isinstance(loader, DataLoader):
+        raise TypeError(
+            f"expected a torch DataLoader for training, got {type(loader).__name__}; LossVal supports one "
+            "training DataLoader (not a list, dict or CombinedLoader)"
+        )
+    if isinstance(loader.dataset, IndexedDataset):
+        return loader
+    if loader.batch_size is None and loader.batch_sampler is None:
+        raise ValueError("the training DataLoader has automatic batching disabled (batch_size=None); give it a batch_size")
+    dataset = IndexedDataset(loader.dataset)
+    common = dict(
+        num_workers=loader.num_workers,
+        collate_fn=IndexedCollate(loader.collate_fn),
+        pin_memory=loader.pin_memory,
+        timeout=loader.timeout,
+        worker_init_fn=loader.worker_init_fn,
+        multiprocessing_context=loader.multiprocessing_context,
+        generator=loader.generator,
+        prefetch_factor=loader.prefetch_factor,
+        persistent_workers=loader.persistent_workers,
+    )
+    if loader.batch_size is None:  # a custom batch sampler decides the batches
+        return DataLoader(dataset, batch_sampler=loader.batch_sampler, **common)
+    sampler = loader.sampler
+    if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
+        sampler = EpochRandomSampler(dataset, default_seed() if seed is None else seed)
+    return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last, **common)
+
+
+def on_inner_batch(hook: Callable) -> Callable:
+    """Wrap a batch hook ``hook(batch, *args)`` so that it sees the batch inside an ``Indexed``."""
+
+    @functools.wraps(hook)
+    def wrapped(batch: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(batch, Indexed):
+            return Indexed(batch.index, hook(batch.data, *args, **kwargs))
+        return hook(batch, *args, **kwargs)
+
+    return wrapped
+
+
+class IndexedDataModule(LightningDataModule):
+    """Wraps a ``LightningDataModule`` so that its training batches carry global sample indices.
+
+    Example::
+
+        dm = IndexedDataModule(MyDataModule(...))
+        Trainer(callbacks=[LossValCallback()]).fit(model, dm)
+
+    ``prepare_data``, ``setup``, ``teardown``, ``state_dict`` and ``load_state_dict`` go to the
+    wrapped module, as do attribute look-ups (``dm.num_classes``). Its validation, test and
+    predict loaders pass through unchanged, and those it does not define stay undefined. Its
+    batch-transfer hooks see the inner batch of an ``Indexed`` batch.
+
+    Args:
+        datamodule: the module to wrap.
+        seed: seed of the epoch-wise shuffling order (default: :func:`default_seed`).
+    """
+
+    def __init__(self, datamodule: LightningDataModule, seed: int | None = None) -> None:
+        super().__init__()
+        self.datamodule = datamodule
+        self.seed = seed
+        for name in EVAL_LOADERS:
+            if is_overridden(name, datamodule, LightningDataModule):
+                setattr(self, name, getattr(datamodule, name))
+        for name in BATCH_HOOKS:
+            if is_overridden(name, datamodule, LightningDataModule):
+                setattr(self, name, on_inner_batch(getattr(datamodule, name)))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name == "datamodule":
+            raise AttributeError(name)
+        return getattr(self.datamodule, name)
+
+    @property
+    def hparams(self):  # type: ignore[override]
+        return self.datamodule.hparams
+
+    @property
+    def hparams_initial(self):  # type: ignore[override]
+        return self.datamodule.hparams_initial
+
+    def prepare_data(self) -> None:
+        self.datamodule.trainer = self.trainer
+        self.datamodule.prepare_data()
+
+    def setup(self, stage: str) -> None:
+        self.datamodule.trainer = self.trainer
+        self.datamodule.setup(stage)
+
+    def teardown(self, stage: str) -> None:
+        self.datamodule.teardown(stage)
+
+    def train_dataloader(self) -> DataLoader:
+        return index_dataloader(self.datamodule.train_dataloader(), self.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.datamodule.state_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.datamodule.load_state_dict(state_dict)

@@ -1,0 +1,78 @@
+"""LossValMixin: the small contract a LightningModule fulfils for LossVal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+WEIGHTS = "lossval_weights"
+
+
+class LossValMixin:
+    """Mix into a ``LightningModule`` (first in the bases) to let :class:`LossValCallback` value its data.
+
+    The contract: ``training_step`` computes one loss per sample and reduces it with
+    :meth:`lossval_loss`. Everything else in the step (logging, extra loss terms) stays yours::
+
+        class Net(LossValMixin, MyLightningModule):
+            def training_step(self, batch, batch_idx):
+                x, y = batch
+                losses = F.cross_entropy(self(x), y, reduction="none")   # shape [B]
+                loss = self.lossval_loss(losses)
+                self.log("train_loss", loss)
+                return loss + 1e-4 * self.l2_penalty()
+
+    ``training_step`` receives the batch as the wrapped loader made it; the callback strips and
+    keeps the sample indices. Without the callback (plain training, validation, a step outside
+    fit) :meth:`lossval_loss` is the mean loss, so the same module trains with or without LossVal.
+
+    Manual optimization works the same way: ``self.manual_backward(self.lossval_loss(losses))``
+    then ``opt.step()`` updates the weights too, since they sit in that optimizer. Under gradient
+    accumulation every micro-batch adds the gradient of its own samples' weights, scaled like
+    the rest of the loss by ``1 / accumulate_grad_batches``.
+
+    Override :meth:`lossval_features` to compare something other than the flattened inputs with
+    the validation set; it is applied to training batches and to validation batches alike.
+    """
+
+    def lossval_loss(self, losses: Tensor, features: Tensor | None = None) -> Tensor:
+        """Reduce per-sample ``losses`` ``[B]`` to the training loss.
+
+        Inside a training step under :class:`LossValCallback` this is the LossVal objective of the
+        batch (``features`` ``[B, ...]`` default to ``lossval_features(batch)``); elsewhere the mean.
+        """
+        callback = self.__dict__.get("_lossval_callback")
+        if callback is None or not callback.in_training_step:
+            return losses.mean()
+        return callback.objective(self, losses, features)
+
+    def lossval_features(self, batch: Any) -> Tensor:
+        """Features of a batch for the transport term, ``[B, D]``: the flattened first element.
+
+        ``batch`` is an input tensor or a tuple/list whose first element is the input tensor.
+        """
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        if isinstance(batch, Mapping) or not isinstance(x, Tensor):
+            raise TypeError(
+                f"{type(self).__name__}.lossval_features cannot find the inputs in a batch of type "
+                f"{type(batch).__name__}; override lossval_features(batch) to return a [B, D] tensor"
+            )
+        return x.reshape(x.shape[0], -1)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Accept checkpoints with LossVal weights when the module was built without them."""
+        super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
+        state = checkpoint.get("state_dict", {})
+        saved = state.get(WEIGHTS)
+        current = self._parameters.get(WEIGHTS)  # type: ignore[attr-defined]
+        if saved is None:
+            return
+        if current is None:
+            state.pop(WEIGHTS)  # loading a trained model for inference: the values stay in the file
+        elif saved.shape != current.shape:
+            raise ValueError(
+                f"the checkpoint holds LossVal weights for {saved.numel()} training samples but this run has "
+                f"{current.numel()}; resume with the training data the checkpoint was made with"
+            )

@@ -1,0 +1,205 @@
+"""LossValCallback with a real Trainer: detection, optimizer group, logging, export, resume, misuse."""
+
+from __future__ import annotations
+
+import csv
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TRAINER_ARGS, BlobData, Net
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.functional.classification import binary_auroc
+
+from lightning_lossval import IndexedDataModule, LossValCallback
+from lightning_lossval.callback import GROUP_NAME
+
+
+def fit(tmp_path, model=None, data=None, epochs=3, callback=None, ckpt_path=None, **trainer_args):
+    L.seed_everything(0)
+    model = model or Net()
+    data = data or IndexedDataModule(BlobData())
+    callback = callback or LossValCallback()
+    args = dict(TRAINER_ARGS, max_epochs=epochs, default_root_dir=tmp_path, logger=False, enable_checkpointing=False)
+    args.update(trainer_args)
+    trainer = L.Trainer(callbacks=[callback, *args.pop("callbacks", [])], **args)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
+    return trainer, model, callback
+
+
+def test_flipped_labels_get_low_values(tmp_path):
+    data = BlobData(noise_rate=0.2)
+    trainer, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=5)
+    values = cb.values
+    assert values.shape == (400,)
+    auroc = binary_auroc(-values, data.noisy.int()).item()
+    assert auroc >= 0.8, auroc
+    assert values[data.noisy].mean() < values[~data.noisy].mean()
+    assert "train_loss" in trainer.callback_metrics  # the module's own logging still works
+
+
+def test_weights_get_their_own_param_group(tmp_path):
+    trainer, model, cb = fit(tmp_path, epochs=1, callback=LossValCallback(lr=0.03))
+    groups = trainer.optimizers[0].param_groups
+    owners = [g for g in groups if any(p is model.lossval_weights for p in g["params"])]
+    assert len(owners) == 1 and owners[0]["name"] == GROUP_NAME
+    assert owners[0]["params"] == [model.lossval_weights]
+    assert owners[0]["lr"] == 0.03 and owners[0]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("scheduler", ["lambda", "onecycle", "step", "plateau"])
+def test_schedulers_leave_the_weights_lr_alone(tmp_path, scheduler):
+    trainer, model, cb = fit(tmp_path, model=Net(scheduler=scheduler), epochs=2)
+    user, weights = trainer.optimizers[0].param_groups
+    assert weights["name"] == GROUP_NAME and weights["lr"] == 0.01
+    if scheduler in ("lambda", "step"):
+        assert user["lr"] < 0.01  # the user's schedule still applies to the user's group
+    assert torch.isfinite(cb.values).all()
+
+
+def test_values_file_and_tensorboard(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    trainer, model, cb = fit(tmp_path, epochs=2, logger=logger, callback=LossValCallback(log_every_n_steps=4))
+    assert cb.values_path.parent == __import__("pathlib").Path(logger.log_dir)
+    with open(cb.values_path) as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["index", "value"]
+    assert [int(r[0]) for r in rows[1:]] == list(range(400))
+    assert torch.allclose(torch.tensor([float(r[1]) for r in rows[1:]]), cb.values, atol=1e-6)
+    assert torch.equal(torch.load(cb.values_path.with_suffix(".pt")), cb.values)
+    assert not [p for p in cb.values_path.parent.iterdir() if p.name.endswith(".tmp")]
+
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "scalars": 0})
+    events.Reload()
+    assert "lossval/weights" in events.Tags()["histograms"]
+    steps = [e.step for e in events.Histograms("lossval/weights")]
+    steps_per_epoch = trainer.num_training_batches
+    assert {4, 8, steps_per_epoch, 2 * steps_per_epoch} <= set(steps)
+    last = events.Histograms("lossval/weights")[-1].histogram_value
+    assert last.num == 400 and last.min == pytest.approx(cb.values.min().item(), abs=1e-5)
+    for name in ("weight_mean", "weight_std", "weight_min", "weight_frac_below_init"):
+        assert f"lossval/{name}" in events.Tags()["scalars"]
+    final_mean = events.Scalars("lossval/weight_mean")[-1].value
+    assert final_mean == pytest.approx(cb.values.mean().item(), abs=1e-5)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    def run(epochs, root, ckpt_path=None):
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
+        return fit(root, epochs=epochs, deterministic=True, enable_checkpointing=True, callbacks=[checkpoint],
+                   ckpt_path=ckpt_path)
+
+    _, straight, cb_straight = run(4, tmp_path / "straight")
+    run(2, tmp_path / "first")
+    last = tmp_path / "first" / "ckpt" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["epoch"] == 1  # two epochs done, two to go
+    trainer, resumed, cb_resumed = run(4, tmp_path / "second", ckpt_path=last)
+    assert trainer.current_epoch == 4
+    assert (cb_straight.values - 1).abs().max() > 0.05  # the weights did move
+    assert (cb_straight.values - cb_resumed.values).abs().max().item() <= 1e-6
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_gradient_accumulation_updates_every_micro_batch(tmp_path):
+    _, _, cb = fit(tmp_path, epochs=1, accumulate_grad_batches=2, limit_train_batches=2)
+    # one optimizer step over two micro-batches of 32: Adam moves exactly the weights that had a gradient
+    assert int((cb.values != 1).sum()) == 64
+
+
+class ManualNet(Net):
+    def __init__(self):
+        super().__init__()
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(self.lossval_loss(F.cross_entropy(self(x), y, reduction="none")))
+        optimizer.step()
+
+
+def test_manual_optimization(tmp_path):
+    data = BlobData()
+    _, _, cb = fit(tmp_path, model=ManualNet(), data=IndexedDataModule(data), epochs=5)
+    assert (cb.values != 1).all()
+    assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
+
+
+def test_plain_training_and_inference_without_the_callback(tmp_path):
+    _, model, _ = fit(tmp_path, epochs=1, enable_checkpointing=True)
+    checkpoint = next((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert "lossval_weights" in torch.load(checkpoint, weights_only=False)["state_dict"]
+    restored = Net.load_from_checkpoint(checkpoint)  # a model for inference, without LossVal weights
+    assert "lossval_weights" not in dict(restored.named_parameters())
+    assert torch.equal(restored.net[0].weight, model.net[0].weight)
+    plain = Net()
+    x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
+    losses = F.cross_entropy(plain(x), y, reduction="none")
+    assert torch.equal(plain.lossval_loss(losses), losses.mean())
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, **TRAINER_ARGS)
+    trainer.fit(plain, BlobData())  # the same module trains without LossVal on plain batches
+
+
+class MeanLossNet(Net):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+
+class ScalarLossNet(Net):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.lossval_loss(F.cross_entropy(self(x), y))
+
+
+class NotAMixin(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(8, 3)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.layer(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters())
+
+
+@pytest.mark.parametrize(
+    "case, error, message",
+    [
+        ("no indices", TypeError, "IndexedDataModule"),
+        ("not a mixin", TypeError, "LossValMixin"),
+        ("mean loss", RuntimeError, r"lossval_loss\(per_sample_losses\)"),
+        ("scalar loss", ValueError, "reduction='none'"),
+        ("val dimension", ValueError, "batch has 8 features but the validation features have 5"),
+        ("empty val", ValueError, "empty"),
+        ("nan val", ValueError, r"2 validation rows hold NaN or inf \(first rows: \[3, 7\]\)"),
+    ],
+)
+def test_misuse_gets_a_clear_error(tmp_path, case, error, message):
+    val = torch.randn(20, 8)
+    val[[3, 7], 2] = float("nan")
+    model, data, callback = Net(), IndexedDataModule(BlobData()), LossValCallback()
+    if case == "no indices":
+        data = BlobData()
+    elif case == "not a mixin":
+        model = NotAMixin()
+    elif case == "mean loss":
+        model = MeanLossNet()
+    elif case == "scalar loss":
+        model = ScalarLossNet()
+    elif case == "val dimension":
+        callback = LossValCallback(val_data=torch.randn(20, 5))
+    elif case == "empty val":
+        callback = LossValCallback(val_data=torch.empty(0, 8))
+    elif case == "nan val":
+        callback = LossValCallback(val_data=val)
+    with pytest.raises(error, match=message):
+        fit(tmp_path, model=model, data=data, callback=callback, epochs=1)
