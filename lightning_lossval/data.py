@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 from torch.utils.data.dataloader import default_collate
@@ -183,6 +184,14 @@ class IndexedDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         self.datamodule.trainer = self.trainer
         self.datamodule.setup(stage)
+        if stage == "fit" and self.trainer is not None:
+            from lightning_lossval.callback import LossValCallback
+
+            if not any(isinstance(c, LossValCallback) for c in self.trainer.callbacks):
+                rank_zero_warn(
+                    "IndexedDataModule makes training batches Indexed(index, data), but no LossValCallback is "
+                    "attached to take the indices off again: add LossValCallback(...) to the Trainer's callbacks"
+                )
 
     def teardown(self, stage: str) -> None:
         self.datamodule.teardown(stage)

@@ -131,6 +131,12 @@ def test_manual_optimization(tmp_path):
     assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
 
 
+def test_indexed_data_without_the_callback_warns(tmp_path):
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, **TRAINER_ARGS)
+    with pytest.warns(UserWarning, match="no LossValCallback"), pytest.raises(Exception):
+        trainer.fit(Net(), IndexedDataModule(BlobData()))  # Net's training_step cannot unpack Indexed
+
+
 def test_plain_training_and_inference_without_the_callback(tmp_path):
     _, model, _ = fit(tmp_path, epochs=1, enable_checkpointing=True)
     checkpoint = next((tmp_path / "checkpoints").glob("*.ckpt"))

@@ -1,0 +1,352 @@
+"""Tests of the pure LossVal math in ``lightning_lossval.functional``."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from geomloss import SamplesLoss
+
+from lightning_lossval.functional import (
+    PRESETS,
+    ObjectiveConfig,
+    batch_diameter,
+    cross_entropy,
+    lossval_objective,
+    resolve_config,
+    sinkhorn_distance,
+    squared_error,
+)
+
+B, D, V, K = 6, 3, 5, 4
+
+
+@pytest.fixture
+def batch():
+    """A fixed tiny batch: features, val features, softmax probabilities, one-hot targets, weights."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, D, generator=g)
+    x_val = torch.randn(V, D, generator=g) + 0.5
+    probs = torch.softmax(torch.randn(B, K, generator=g), dim=1)
+    targets = F.one_hot(torch.randint(0, K, (B,), generator=g), K).float()
+    weights = torch.rand(B, generator=g) * 1.5 + 0.2  # in [0.2, 1.7): not all ones, sum != V
+    return x, x_val, probs, targets, weights
+
+
+# --------------------------------------------------------------------------- paper preset
+
+
+def test_paper_preset_matches_hand_written_reference(batch):
+    x, x_val, probs, targets, w0 = batch
+    assert not torch.allclose(w0, torch.ones_like(w0))
+
+    # The package: per-sample losses from probabilities, then the paper objective.
+    w = w0.clone().requires_grad_()
+    losses = cross_entropy(probs, targets, probabilities=True)
+    objective = lossval_objective(w, losses, x, x_val, PRESETS["paper"])
+    (grad,) = torch.autograd.grad(objective, w)
+
+    # The reference, spelled out by hand.
+    w_ref = w0.clone().requires_grad_()
+    l_ref = -(targets * torch.log(probs + 1e-8)).sum(dim=1)
+    big_l = (w_ref * l_ref).sum()
+    diameter = 1.1 * torch.cdist(x, x_val).max().item()
+    s = SamplesLoss(
+        "sinkhorn", p=2, blur=0.05, scaling=0.5, debias=True, diameter=diameter, backend="tensorized"
+    )(w_ref, x, torch.ones(V), x_val)
+    reference = big_l * s**2
+    (grad_ref,) = torch.autograd.grad(reference, w_ref)
+
+    torch.testing.assert_close(losses, l_ref, rtol=1e-6, atol=1e-6)
+    assert objective.dtype == torch.float32 and objective.dim() == 0
+    assert reference.item() > 1.0  # non-trivial batch: the check would notice a wrong term
+    assert objective.item() == pytest.approx(reference.item(), rel=1e-5)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-5, atol=1e-5)
+    # the weights really matter: the gradient is not constant across samples
+    assert grad.std() > 1e-2 * grad.abs().mean()
+
+
+def test_paper_preset_defaults():
+    cfg = PRESETS["paper"]
+    assert cfg == ObjectiveConfig()
+    assert (cfg.reduction, cfg.normalize_masses, cfg.ot_exponent) == ("sum", False, 2.0)
+    assert (cfg.blur, cfg.scaling, cfg.p, cfg.debias, cfg.diameter, cfg.backend) == (
+        0.05,
+        0.5,
+        2,
+        True,
+        None,
+        "tensorized",
+    )
+
+
+def test_batch_diameter_is_1_1_times_max_distance(batch):
+    x, x_val, *_ = batch
+    assert batch_diameter(x, x_val) == pytest.approx(1.1 * torch.cdist(x, x_val).max().item(), rel=1e-6)
+
+
+def test_mean_reduction_and_exponent(batch):
+    x, x_val, probs, targets, w = batch
+    losses = cross_entropy(probs, targets, probabilities=True)
+    paper = lossval_objective(w, losses, x, x_val, PRESETS["paper"])
+    mean = lossval_objective(w, losses, x, x_val, ObjectiveConfig(reduction="mean"))
+    assert mean.item() == pytest.approx(paper.item() / B, rel=1e-5)
+    linear = lossval_objective(w, losses, x, x_val, ObjectiveConfig(ot_exponent=1.0))
+    s = sinkhorn_distance(x, x_val, w)
+    assert linear.item() == pytest.approx((w * losses).sum().item() * s.item(), rel=1e-5)
+    assert paper.item() == pytest.approx(linear.item() * s.item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- closed forms
+
+
+@pytest.mark.parametrize("blur", [0.05, 0.5])
+def test_sinkhorn_two_diracs_closed_form(blur):
+    # One point against one point with unit masses: the only plan moves all the mass, the entropic
+    # term and the debiasing self-terms vanish, and the divergence is the cost |x - y|^2 / 2.
+    x = torch.tensor([[0.3, -1.2, 2.0]])
+    y = torch.tensor([[1.0, 0.5, -0.5]])
+    expected = ((x - y) ** 2).sum().item() / 2  # 4.815
+    value = sinkhorn_distance(x, y, blur=blur)
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    # the whole objective in closed form: w * l * (|x-y|^2/2)^2
+    objective = lossval_objective(torch.tensor([1.0]), torch.tensor([0.7]), x, y)
+    assert objective.item() == pytest.approx(0.7 * expected**2, rel=1e-5)
+
+
+def test_sinkhorn_identical_clouds_is_zero():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 3, generator=g)
+    w = torch.rand(7, generator=g) + 0.5
+    # geomloss returns exactly 0 here (debiasing cancels the terms); allow float32 round-off.
+    assert abs(sinkhorn_distance(x, x.clone()).item()) < 1e-5
+    assert abs(sinkhorn_distance(x, x.clone(), w, w.clone()).item()) < 1e-5
+    # and a shifted copy is clearly not zero (the check above can fail)
+    assert sinkhorn_distance(x, x + 1.0).item() > 1.0
+
+
+def test_sinkhorn_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="same D"):
+        sinkhorn_distance(torch.zeros(3, 2), torch.zeros(4, 3))
+    with pytest.raises(ValueError):
+        sinkhorn_distance(torch.zeros(3), torch.zeros(4, 3))
+
+
+# --------------------------------------------------------------------------- per-sample losses
+
+
+def test_cross_entropy_logits_integer_targets():
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(B, K, generator=g) * 3
+    y = torch.randint(0, K, (B,), generator=g)
+    expected = F.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(cross_entropy(logits, y), expected)
+    # int32 indices too
+    torch.testing.assert_close(cross_entropy(logits, y.int()), expected)
+    # one-hot float targets give the same numbers
+    torch.testing.assert_close(cross_entropy(logits, F.one_hot(y, K).float()), expected)
+
+
+def test_cross_entropy_soft_targets():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(B, K, generator=g)
+    soft = torch.softmax(torch.randn(B, K, generator=g), dim=1)
+    torch.testing.assert_close(cross_entropy(logits, soft), F.cross_entropy(logits, soft, reduction="none"))
+
+
+def test_cross_entropy_probabilities():
+    g = torch.Generator().manual_seed(4)
+    probs = torch.softmax(torch.randn(B, K, generator=g), dim=1)
+    probs[0] = torch.tensor([1.0, 0.0, 0.0, 0.0])  # a zero probability on the target: eps keeps it finite
+    y = torch.randint(0, K, (B,), generator=g)
+    y[0] = 1
+    expected = -torch.log(probs[torch.arange(B), y] + 1e-8)
+    out = cross_entropy(probs, y, probabilities=True)
+    torch.testing.assert_close(out, expected)
+    assert torch.isfinite(out).all()
+    assert out[0].item() == pytest.approx(-torch.log(torch.tensor(1e-8)).item(), rel=1e-5)
+    torch.testing.assert_close(cross_entropy(probs, F.one_hot(y, K).float(), probabilities=True), expected)
+    # a different eps is used
+    torch.testing.assert_close(
+        cross_entropy(probs, y, probabilities=True, eps=1e-3), -torch.log(probs[torch.arange(B), y] + 1e-3)
+    )
+
+
+@pytest.mark.parametrize(
+    "targets",
+    [
+        torch.zeros(B, K + 1),  # wrong number of classes
+        torch.zeros(B),  # float [B]: neither class indices nor one-hot
+        torch.zeros(B + 1, K),  # wrong batch size
+        torch.zeros(B, K, 1),
+    ],
+    ids=["classes", "float-1d", "batch", "3d"],
+)
+def test_cross_entropy_rejects_wrong_target_shape(targets):
+    with pytest.raises(ValueError, match="targets"):
+        cross_entropy(torch.randn(B, K), targets)
+
+
+def test_cross_entropy_rejects_non_2d_outputs():
+    with pytest.raises(ValueError, match="outputs"):
+        cross_entropy(torch.randn(B), torch.zeros(B, dtype=torch.long))
+
+
+def test_squared_error():
+    g = torch.Generator().manual_seed(5)
+    pred = torch.randn(B, 2, 3, generator=g)
+    target = torch.randn(B, 2, 3, generator=g)
+    out = squared_error(pred, target)
+    assert out.shape == (B,)
+    expected = torch.stack([((pred[i] - target[i]) ** 2).sum() for i in range(B)])
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(squared_error(pred[:, 0, 0], target[:, 0, 0]), (pred[:, 0, 0] - target[:, 0, 0]) ** 2)
+    with pytest.raises(ValueError, match="shape"):
+        squared_error(torch.zeros(B, 2), torch.zeros(B, 3))
+    with pytest.raises(ValueError):
+        squared_error(torch.zeros(B, 1), torch.zeros(B))  # no silent broadcasting
+
+
+# --------------------------------------------------------------------------- sinkhorn_distance hygiene
+
+
+def test_sinkhorn_restores_grad_mode(batch):
+    x, x_val, _, _, w = batch
+    with torch.no_grad():
+        value = sinkhorn_distance(x, x_val, w)
+        assert torch.is_grad_enabled() is False
+        # also with an explicit diameter (no host sync path)
+        sinkhorn_distance(x, x_val, w, diameter=10.0)
+        assert torch.is_grad_enabled() is False
+    assert not value.requires_grad
+    assert torch.is_grad_enabled() is True
+
+    wg = w.clone().requires_grad_()
+    out = sinkhorn_distance(x, x_val, wg)
+    assert torch.is_grad_enabled() is True
+    assert out.requires_grad
+    (grad,) = torch.autograd.grad(out, wg)
+    assert torch.isfinite(grad).all()
+
+
+def test_sinkhorn_autocast_bf16(batch):
+    x, x_val, _, _, w = batch
+    reference = sinkhorn_distance(x, x_val, w)
+    rounded = sinkhorn_distance(x.bfloat16().float(), x_val.bfloat16().float(), w.bfloat16().float())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sinkhorn_distance(x.bfloat16(), x_val.bfloat16(), w.bfloat16(), torch.ones(V, dtype=torch.bfloat16))
+    assert out.dtype == torch.float32
+    # computed in float32 from the bf16-rounded inputs
+    assert out.item() == pytest.approx(rounded.item(), rel=1e-5)
+    # bf16 has ~3 significant digits: the input rounding moves the value by well under 2 %
+    assert out.item() == pytest.approx(reference.item(), rel=2e-2)
+
+
+def test_objective_under_autocast_is_float32(batch):
+    x, x_val, probs, targets, w = batch
+    losses = cross_entropy(probs, targets, probabilities=True)
+    reference = lossval_objective(w, losses, x, x_val)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lossval_objective(w, losses.bfloat16(), x.bfloat16(), x_val.bfloat16())
+    assert out.dtype == torch.float32
+    assert out.item() == pytest.approx(reference.item(), rel=5e-2)
+
+
+# --------------------------------------------------------------------------- config knobs
+
+
+def test_fixed_diameter_matches_per_batch_diameter_with_balanced_masses(batch):
+    x, x_val, probs, targets, w = batch
+    w = w * V / w.sum()  # balanced OT: sum(w) == V, the setting the annealing assumes
+    losses = cross_entropy(probs, targets, probabilities=True)
+    per_batch = lossval_objective(w, losses, x, x_val, PRESETS["paper"]).item()
+    true_diameter = torch.cdist(x, x_val).max().item()
+    for diameter in (true_diameter, 1.1 * true_diameter, 10.0, 50.0):
+        fixed = lossval_objective(w, losses, x, x_val, ObjectiveConfig(diameter=diameter)).item()
+        assert fixed == pytest.approx(per_batch, rel=1e-2), diameter
+
+
+def test_fixed_diameter_changes_the_unbalanced_paper_objective(batch):
+    # Documented in ObjectiveConfig.diameter: with unnormalised masses (sum(w) != V) the balanced
+    # Sinkhorn value depends on where the annealing starts, so a fixed diameter is not a pure
+    # speed option for the paper preset.
+    x, x_val, probs, targets, w = batch
+    losses = cross_entropy(probs, targets, probabilities=True)
+    per_batch = lossval_objective(w, losses, x, x_val, PRESETS["paper"]).item()
+    true_diameter = torch.cdist(x, x_val).max().item()
+    fixed = lossval_objective(w, losses, x, x_val, ObjectiveConfig(diameter=1.5 * true_diameter)).item()
+    assert fixed > 1.2 * per_batch
+
+
+def test_normalize_masses(batch):
+    x, x_val, probs, targets, w = batch
+    losses = cross_entropy(probs, targets, probabilities=True)
+    paper = lossval_objective(w, losses, x, x_val, PRESETS["paper"]).item()
+    normalized = lossval_objective(w, losses, x, x_val, ObjectiveConfig(normalize_masses=True)).item()
+    assert normalized > 0
+    assert abs(normalized - paper) > 1e-2 * abs(paper)
+    # equals L_w * S(w / sum w, 1 / V)^2 computed directly
+    s = sinkhorn_distance(x, x_val, w / w.sum(), torch.full((V,), 1.0 / V))
+    assert normalized == pytest.approx((w * losses).sum().item() * s.item() ** 2, rel=1e-5)
+
+    # a batch equal to the validation set with uniform (not unit) weights: the same distribution
+    w_uniform = torch.full((V,), 0.7)
+    l_v = torch.rand(V, generator=torch.Generator().manual_seed(6)) + 0.5
+    same = lossval_objective(w_uniform, l_v, x_val, x_val.clone(), ObjectiveConfig(normalize_masses=True))
+    assert abs(same.item()) < 1e-5
+    # without normalising, mass 0.7 * V against mass V is not zero
+    unnormalized = lossval_objective(w_uniform, l_v, x_val, x_val.clone(), PRESETS["paper"])
+    assert unnormalized.item() > 1.0
+
+
+# --------------------------------------------------------------------------- resolve_config
+
+
+def test_resolve_config_preset_and_passthrough():
+    assert resolve_config("paper") is PRESETS["paper"]
+    cfg = ObjectiveConfig(reduction="mean", diameter=3.0)
+    assert resolve_config(cfg) is cfg
+
+
+def test_resolve_config_dict():
+    cfg = resolve_config({"reduction": "mean", "blur": 0.1, "normalize_masses": True})
+    assert isinstance(cfg, ObjectiveConfig)
+    assert (cfg.reduction, cfg.blur, cfg.normalize_masses) == ("mean", 0.1, True)
+    # untouched fields keep the paper defaults
+    assert cfg.scaling == 0.5 and cfg.ot_exponent == 2.0 and cfg.diameter is None
+    assert resolve_config({}) == PRESETS["paper"]
+
+
+def test_resolve_config_errors():
+    with pytest.raises(ValueError, match=r"unknown objective preset 'papr'.*paper"):
+        resolve_config("papr")
+    with pytest.raises(ValueError, match=r"unknown objective options \['blurr'\]"):
+        resolve_config({"blurr": 0.1})
+    with pytest.raises(TypeError, match="objective must be"):
+        resolve_config(3)
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"blur": 0.0}, "blur"),
+        ({"blur": -0.1}, "blur"),
+        ({"scaling": 0.0}, "scaling"),
+        ({"scaling": 1.0}, "scaling"),
+        ({"scaling": 1.5}, "scaling"),
+        ({"reduction": "max"}, "reduction"),
+        ({"diameter": 0.0}, "diameter"),
+    ],
+)
+def test_invalid_config_values(fields, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_config(fields)
+    with pytest.raises(ValueError, match=message):
+        ObjectiveConfig(**fields)
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PRESETS["paper"].blur = 1.0  # type: ignore[misc]
