@@ -17,8 +17,18 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_lossval.data import BATCH_HOOKS, Indexed, IndexedDataset, on_inner_batch
+from lightning_lossval.errors import DataError
 from lightning_lossval.functional import ObjectiveConfig, lossval_objective, resolve_config
+from lightning_lossval.metrics import detection_report
 from lightning_lossval.mixin import WEIGHTS, LossValMixin
+from lightning_lossval.report import (
+    atomic_write,
+    detection_figure,
+    format_metrics,
+    format_table,
+    table_csv,
+    values_table,
+)
 
 GROUP_NAME = "lossval_weights"
 INDEX_HELP = "wrap your DataModule in IndexedDataModule(...) or your train DataLoader in index_dataloader(...)"
@@ -47,9 +57,17 @@ class LossValCallback(Callback):
       user's groups if ``self.parameters()`` swept them in. The user's LR schedulers do not see
       this group: its learning rate stays ``lr``. Computes the validation features once.
     - every ``log_every_n_steps`` and at each epoch end (rank zero): a weight histogram and the
-      scalars ``lossval/weight_mean``, ``_std``, ``_min`` and ``_frac_below_init``.
-    - ``on_fit_end``: writes ``values.csv`` (``index,value``) and ``values.pt`` atomically into
-      the run's log directory.
+      scalars ``lossval/weight_mean``, ``_std``, ``_min`` and ``_frac_below_init``; at epoch ends,
+      when the noisy rows are known, ``lossval/detection_f1``, ``f1_at_noise_rate``, ``auroc`` and
+      ``average_precision``.
+    - ``on_fit_end``: writes ``values.csv`` and ``values.pt`` atomically into the run's log
+      directory, prints the ``show`` lowest-valued rows (and the detection metrics), and puts
+      the same table (and a clean-vs-noisy figure) into TensorBoard.
+
+    ``values.csv`` lists the samples lowest value first: ``rank, index`` (position in the
+    training dataset), the DataModule's ``row_columns()`` if it has that method (e.g. ``row``,
+    ``id``, ``target``), ``prediction`` if the module has ``lossval_predict(batch)`` (decoded by
+    the DataModule's ``format_target`` if present), ``noisy`` when known, and ``value``.
 
     The weights are module parameters, so checkpoints hold them, and resuming restores them with
     the optimizer state of their group.
@@ -66,6 +84,9 @@ class LossValCallback(Callback):
         log_every_n_steps: histogram and scalar cadence in optimizer steps (default: the
             Trainer's ``log_every_n_steps``); 0 logs at epoch ends only.
         export: write ``values.csv`` and ``values.pt`` into the log directory at the end of fit.
+        noisy_mask: ``[N]`` bool, the rows known to be corrupted (default: the DataModule's
+            ``noisy_mask`` attribute, if any); enables the detection metrics.
+        show: how many of the lowest-valued rows to print and log as text at the end of fit.
     """
 
     def __init__(
@@ -77,6 +98,8 @@ class LossValCallback(Callback):
         optimizer_index: int = 0,
         log_every_n_steps: int | None = None,
         export: bool = True,
+        noisy_mask: Tensor | None = None,
+        show: int = 10,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -87,6 +110,9 @@ class LossValCallback(Callback):
         self.optimizer_index = optimizer_index
         self.log_every_n_steps = log_every_n_steps
         self.export = export
+        self.noisy_mask = noisy_mask
+        self.show = show
+        self.columns: dict[str, list] = {}
         self.in_training_step = False
         self.values_path: Path | None = None
         self._weights: nn.Parameter | None = None
@@ -95,6 +121,7 @@ class LossValCallback(Callback):
         self._objective_calls = 0
         self._checked_shapes = False
         self._last_logged_step = -1
+        self._noisy: Tensor | None = None
 
     # ------------------------------------------------------------------ values
     @property
@@ -104,18 +131,21 @@ class LossValCallback(Callback):
             raise RuntimeError("no values yet: call trainer.fit(...) with this callback first")
         return self._weights.detach().float().cpu().clone()
 
+    def table(self) -> list[dict[str, Any]]:
+        """The rows of ``values.csv``: lowest value first, with the known per-sample columns."""
+        return values_table(_finite_or_raise(self.values, "export"), self.columns)
+
     def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write ``index,value`` rows, atomically (a crash never leaves a truncated file)."""
-        values = _finite_or_raise(self.values, "export")
-        lines = ["index,value"] + [f"{i},{v:.9g}" for i, v in enumerate(values.tolist())]
-        return _atomic_write(Path(path), lambda f: f.write("\n".join(lines).encode() + b"\n"))
+        """Write :meth:`table` as CSV, atomically (a crash never leaves a truncated file)."""
+        data = table_csv(self.table())
+        return atomic_write(path, lambda f: f.write(data))
 
     def save_values(self, directory: str | os.PathLike) -> Path:
-        """Write ``values.csv`` and ``values.pt`` into ``directory``; returns the CSV's path."""
+        """Write ``values.csv`` and ``values.pt`` (the ``[N]`` tensor) into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         values = _finite_or_raise(self.values, "export")
-        _atomic_write(directory / "values.pt", lambda f: torch.save(values, f))
+        atomic_write(directory / "values.pt", lambda f: torch.save(values, f))
         return self.to_csv(directory / "values.csv")
 
     # ------------------------------------------------------------------ hooks
@@ -157,6 +187,7 @@ class LossValCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._add_param_group(trainer)
         self._val_features = self._validation_features(trainer, pl_module)
+        self._noisy = self._noisy_mask(trainer)
         self._checked_shapes = False
         self._last_logged_step = -1
 
@@ -166,13 +197,21 @@ class LossValCallback(Callback):
             self._log(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        _finite_or_raise(self.values, f"epoch {trainer.current_epoch}")
+        values = _finite_or_raise(self.values, f"epoch {trainer.current_epoch}")
         self._log(trainer)
+        if self._noisy is not None and trainer.is_global_zero:
+            metrics = detection_report(values, self._noisy)
+            for logger in trainer.loggers:
+                logger.log_metrics({f"lossval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
-        if self.export and trainer.is_global_zero:
+        if not trainer.is_global_zero:
+            return
+        self.columns = self._row_columns(trainer, pl_module)
+        if self.export:
             self.values_path = self.save_values(directory)
+        self._report(trainer)
 
     def state_dict(self) -> dict[str, Any]:
         return {"num_samples": None if self._weights is None else self._weights.numel(), "lr": self.lr,
@@ -214,9 +253,9 @@ class LossValCallback(Callback):
     def _check_batch(self, index: Tensor, features: Tensor) -> None:
         n = self._weights.numel()
         if index.dtype != torch.long or index.dim() != 1 or int(index.min()) < 0 or int(index.max()) >= n:
-            raise ValueError(f"sample indices must be a [B] long tensor within [0, {n}); got {index!r}: {INDEX_HELP}")
+            raise DataError(f"sample indices must be a [B] long tensor within [0, {n}); got {index!r}: {INDEX_HELP}")
         if features.shape[1] != self._val_features.shape[1]:
-            raise ValueError(
+            raise DataError(
                 f"the training batch has {features.shape[1]} features but the validation features have "
                 f"{self._val_features.shape[1]}: pass val_data represented like the training inputs "
                 "(or override lossval_features so both match)"
@@ -241,7 +280,7 @@ class LossValCallback(Callback):
         if data is None:
             datamodule = trainer.datamodule
             if datamodule is None or not is_overridden("val_dataloader", datamodule):
-                raise ValueError("LossValCallback needs validation data: pass val_data=... or use a DataModule with a val_dataloader")
+                raise DataError("LossValCallback needs validation data: pass val_data=... or use a DataModule with a val_dataloader")
             data = datamodule.val_dataloader()
         if isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
             data = torch.utils.data.TensorDataset(*data)
@@ -254,15 +293,54 @@ class LossValCallback(Callback):
             features = torch.cat(parts) if parts else torch.empty(0)
         features = features.detach().to(pl_module.device, torch.float32)
         if features.shape[0] == 0:
-            raise ValueError("the validation set for LossVal is empty; pass val_data with at least one sample")
+            raise DataError("the validation set for LossVal is empty; pass val_data with at least one sample")
         features = features.reshape(features.shape[0], -1)
         bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten()
         if len(bad):
-            raise ValueError(
+            raise DataError(
                 f"{len(bad)} validation rows hold NaN or inf (first rows: {bad[:10].tolist()}); "
                 "drop or impute them before training"
             )
         return features
+
+    def _noisy_mask(self, trainer: Trainer) -> Tensor | None:
+        mask = self.noisy_mask if self.noisy_mask is not None else getattr(trainer.datamodule, "noisy_mask", None)
+        if mask is None:
+            return None
+        mask = torch.as_tensor(mask).bool().cpu().flatten()
+        if mask.numel() != self._weights.numel():
+            raise DataError(f"noisy_mask has {mask.numel()} entries but there are {self._weights.numel()} training samples")
+        return mask
+
+    # ------------------------------------------------------------------ report
+    def _row_columns(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, list]:
+        datamodule = trainer.datamodule
+        columns = dict(datamodule.row_columns()) if callable(getattr(datamodule, "row_columns", None)) else {}
+        if callable(getattr(pl_module, "lossval_predict", None)):
+            predictions = _predict_training_set(trainer, pl_module)
+            decode = getattr(datamodule, "format_target", None)
+            columns["prediction"] = decode(predictions) if callable(decode) else predictions.tolist()
+        if self._noisy is not None:
+            columns["noisy"] = self._noisy.tolist()
+        return columns
+
+    def _report(self, trainer: Trainer) -> None:
+        rows = self.table()[: self.show]
+        n = self._weights.numel()
+        lines = [f"\nLossVal: the {len(rows)} lowest-valued of {n} training samples (lowest first)", format_table(rows)]
+        metrics = detection_report(self.values, self._noisy) if self._noisy is not None else None
+        if metrics:
+            lines.append(f"detection of the {int(self._noisy.sum())} known noisy samples: {format_metrics(metrics)}")
+        if self.values_path is not None:
+            lines.append(f"values of all samples: {self.values_path}")
+        print("\n".join(lines), flush=True)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger) and rows:
+                logger.experiment.add_text("lossval/lowest_rows", format_table(rows, markdown=True), trainer.global_step)
+                if self._noisy is not None:
+                    figure = detection_figure(self.values, self._noisy)
+                    logger.experiment.add_figure("lossval/detection", figure, trainer.global_step)
+                logger.experiment.flush()
 
     # ------------------------------------------------------------------ logging
     def _log(self, trainer: Trainer) -> None:
@@ -294,6 +372,20 @@ def _count_train_samples(trainer: Trainer) -> int:
     return len(loader.dataset)
 
 
+@torch.no_grad()
+def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_size: int = 1024) -> Tensor:
+    """``lossval_predict`` over the whole training set in index order, on this process."""
+    train = trainer.train_dataloader
+    loader = DataLoader(train.dataset, batch_size=batch_size, collate_fn=train.collate_fn)
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        parts = [pl_module.lossval_predict(move_data_to_device(b.data, pl_module.device)).cpu() for b in loader]
+    finally:
+        pl_module.train(was_training)
+    return torch.cat(parts)
+
+
 def _without_weights_group(scheduler_step: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
     """Run ``lr_scheduler_step`` with the weights' group hidden, so schedulers neither crash on
     it (LambdaLR, OneCycleLR keep per-group lists built before it existed) nor change its lr."""
@@ -314,17 +406,3 @@ def _finite_or_raise(values: Tensor, when: str) -> Tensor:
             "training inputs and losses for NaN or inf, or lower the weights' lr"
         )
     return values
-
-
-def _atomic_write(path: Path, write: Any) -> Path:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path

@@ -35,3 +35,64 @@ def add_feature_noise(features: Tensor, rate: float, scale: float = 1.0, seed: i
     mask = choose_rows(len(features), rate, seed)
     noise = torch.randn(features.shape, generator=torch.Generator().manual_seed(seed + 2)) * scale
     return features + noise.to(features.dtype) * mask.reshape(-1, *([1] * (features.dim() - 1))), mask
+
+
+NOISE_KINDS = ("none", "label", "feature", "mixed")
+
+
+def swap_targets(targets: Tensor, rate: float, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Give each of a ``rate`` fraction of rows of ``targets`` ``[N, ...]`` the target of another chosen row.
+
+    Label noise for regression: the chosen targets move along one random cycle, so the set of
+    values is kept and no chosen row keeps its own (a lone chosen row has nothing to swap with).
+    Returns ``(noisy_targets, mask)``.
+    """
+    mask = choose_rows(len(targets), rate, seed)
+    return _swap_rows(targets, mask, seed), mask
+
+
+def inject_noise(
+    kind: str, features: Tensor, targets: Tensor, rate: float, seed: int = 0, num_classes: int | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Corrupt a ``rate`` fraction of rows of ``features`` ``[N, D]`` / ``targets`` ``[N, ...]``.
+
+    ``kind``: ``"none"``, ``"label"`` (:func:`flip_labels` with ``num_classes``, or :func:`swap_targets`
+    when ``num_classes`` is None, i.e. regression), ``"feature"`` (:func:`add_feature_noise`, scale 1)
+    or ``"mixed"`` (half of the chosen rows, rounded up, get label noise, the others feature noise).
+    Returns ``(features, targets, mask)`` with ``mask`` a ``[N]`` bool tensor of corrupted rows.
+    """
+    if kind not in NOISE_KINDS:
+        raise ValueError(f"noise kind must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
+    n = len(features)
+    if kind == "none":
+        return features, targets, torch.zeros(n, dtype=torch.bool)
+    if kind == "feature":
+        noisy, mask = add_feature_noise(features, rate, seed=seed)
+        return noisy, targets, mask
+    if kind == "label":
+        if num_classes is None:
+            noisy, mask = swap_targets(targets, rate, seed)
+        else:
+            noisy, mask = flip_labels(targets, rate, num_classes, seed)
+        return features, noisy, mask
+    mask = choose_rows(n, rate, seed)
+    rows = mask.nonzero().flatten()
+    rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 3))]
+    label_mask = torch.zeros(n, dtype=torch.bool)
+    label_mask[rows[: (len(rows) + 1) // 2]] = True
+    if num_classes is None:
+        targets = _swap_rows(targets, label_mask, seed)
+    else:
+        shift = torch.randint(1, num_classes, (n,), generator=torch.Generator().manual_seed(seed + 1))
+        targets = torch.where(label_mask, (targets + shift) % num_classes, targets)
+    noise = torch.randn(features.shape, generator=torch.Generator().manual_seed(seed + 2))
+    feature_mask = (mask & ~label_mask).reshape(-1, *([1] * (features.dim() - 1)))
+    return features + noise.to(features.dtype) * feature_mask, targets, mask
+
+
+def _swap_rows(targets: Tensor, mask: Tensor, seed: int) -> Tensor:
+    rows = mask.nonzero().flatten()
+    cycle = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 4))]
+    out = targets.clone()
+    out[cycle] = targets[cycle.roll(1)]
+    return out

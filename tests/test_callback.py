@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -61,30 +62,48 @@ def test_schedulers_leave_the_weights_lr_alone(tmp_path, scheduler):
     assert torch.isfinite(cb.values).all()
 
 
-def test_values_file_and_tensorboard(tmp_path):
+def test_values_file_and_tensorboard(tmp_path, capsys):
+    data = BlobData()
     logger = TensorBoardLogger(tmp_path, name="tb")
-    trainer, model, cb = fit(tmp_path, epochs=2, logger=logger, callback=LossValCallback(log_every_n_steps=4))
-    assert cb.values_path.parent == __import__("pathlib").Path(logger.log_dir)
+    callback = LossValCallback(log_every_n_steps=4, noisy_mask=data.noisy, show=5)
+    trainer, model, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=2, logger=logger, callback=callback)
+    assert cb.values_path.parent == Path(logger.log_dir)
     with open(cb.values_path) as f:
-        rows = list(csv.reader(f))
-    assert rows[0] == ["index", "value"]
-    assert [int(r[0]) for r in rows[1:]] == list(range(400))
-    assert torch.allclose(torch.tensor([float(r[1]) for r in rows[1:]]), cb.values, atol=1e-6)
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["rank", "index", "noisy", "value"]
+    assert [int(r["rank"]) for r in rows] == list(range(1, 401))
+    assert sorted(int(r["index"]) for r in rows) == list(range(400))
+    file_values = torch.tensor([float(r["value"]) for r in rows])
+    assert torch.equal(file_values, file_values.sort().values)  # lowest value first
+    index = torch.tensor([int(r["index"]) for r in rows])
+    assert torch.allclose(file_values, cb.values[index], atol=1e-6)
+    assert [r["noisy"] == "yes" for r in rows] == data.noisy[index].tolist()
     assert torch.equal(torch.load(cb.values_path.with_suffix(".pt")), cb.values)
     assert not [p for p in cb.values_path.parent.iterdir() if p.name.endswith(".tmp")]
+    printed = capsys.readouterr().out
+    assert "the 5 lowest-valued of 400 training samples" in printed and "AUROC" in printed
 
-    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "scalars": 0})
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "scalars": 0, "images": 0})
     events.Reload()
-    assert "lossval/weights" in events.Tags()["histograms"]
+    tags = events.Tags()
+    assert "lossval/weights" in tags["histograms"]
     steps = [e.step for e in events.Histograms("lossval/weights")]
     steps_per_epoch = trainer.num_training_batches
     assert {4, 8, steps_per_epoch, 2 * steps_per_epoch} <= set(steps)
     last = events.Histograms("lossval/weights")[-1].histogram_value
     assert last.num == 400 and last.min == pytest.approx(cb.values.min().item(), abs=1e-5)
-    for name in ("weight_mean", "weight_std", "weight_min", "weight_frac_below_init"):
-        assert f"lossval/{name}" in events.Tags()["scalars"]
+    for name in ("weight_mean", "weight_std", "weight_min", "weight_frac_below_init", "detection_f1",
+                 "f1_at_noise_rate", "auroc", "average_precision"):
+        assert f"lossval/{name}" in tags["scalars"], name
     final_mean = events.Scalars("lossval/weight_mean")[-1].value
     assert final_mean == pytest.approx(cb.values.mean().item(), abs=1e-5)
+    aurocs = events.Scalars("lossval/auroc")
+    assert [e.step for e in aurocs] == [steps_per_epoch, 2 * steps_per_epoch]
+    assert aurocs[-1].value == pytest.approx(binary_auroc(-cb.values, data.noisy.int()).item(), abs=1e-6)
+    assert "lossval/lowest_rows/text_summary" in tags["tensors"]
+    assert "lossval/detection" in tags["images"]
+    image = events.Images("lossval/detection")[-1]
+    assert image.width > 500 and image.height > 200
 
 
 def test_resume_equals_uninterrupted_run(tmp_path):

@@ -26,6 +26,7 @@ def test_ddp_ranks_hold_identical_weights_and_one_values_file(tmp_path):
     files = list(tmp_path.rglob("values.csv"))
     assert len(files) == 1
     with open(files[0]) as f:
-        rows = list(csv.reader(f))
-    assert len(rows) == 401 and [int(r[0]) for r in rows[1:]] == list(range(400))
-    assert torch.allclose(torch.tensor([float(r[1]) for r in rows[1:]]), rank0["values"], atol=1e-6)
+        rows = list(csv.DictReader(f))
+    index = torch.tensor([int(r["index"]) for r in rows])
+    assert len(rows) == 400 and sorted(index.tolist()) == list(range(400))
+    assert torch.allclose(torch.tensor([float(r["value"]) for r in rows]), rank0["values"][index], atol=1e-6)

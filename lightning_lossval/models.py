@@ -1,0 +1,188 @@
+"""Ready LightningModules that fulfil LossValMixin, so tabular data and small images need no code.
+
+Both read their input and output sizes and the task from the DataModule (``num_features``,
+``num_outputs``, ``task``) when the Trainer sets them up, and keep them in their hyperparameters,
+so ``load_from_checkpoint`` rebuilds them without data.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from lightning_lossval.errors import DataError
+from lightning_lossval.functional import cross_entropy, squared_error
+from lightning_lossval.mixin import LossValMixin
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU}
+
+
+class TaskModule(LossValMixin, L.LightningModule):
+    """Classification (cross-entropy) or regression (squared error) on ``(x, y)`` batches.
+
+    Subclasses build ``self.net`` in :meth:`build`; the network maps ``x`` to logits (or
+    probabilities when ``self.probabilities``) for classification, or to ``[B, outputs]``.
+    """
+
+    probabilities = False
+
+    def __init__(self, lr: float, task: str | None, num_inputs: int | None, num_outputs: int | None) -> None:
+        super().__init__()
+        self.lr = lr
+        self.net: nn.Module | None = None
+
+    def build(self, num_inputs: int, num_outputs: int, task: str) -> nn.Module:
+        raise NotImplementedError
+
+    def _build_from_hparams(self) -> None:
+        h = self.hparams
+        if h.task not in ("classification", "regression"):
+            raise DataError(f"task must be 'classification' or 'regression', got {h.task!r}")
+        self.net = self.build(h.num_inputs, h.num_outputs, h.task)
+
+    def configure_model(self) -> None:
+        if self.net is not None:
+            return
+        datamodule = self.trainer.datamodule
+        missing = [a for a in ("num_features", "num_outputs", "task") if getattr(datamodule, a, None) is None]
+        if missing:
+            raise DataError(
+                f"{type(self).__name__} takes its sizes from the DataModule, which lacks {missing}; give "
+                "num_inputs, num_outputs and task to the model, or use TabularDataModule"
+            )
+        self.hparams.update(num_inputs=datamodule.num_features, num_outputs=datamodule.num_outputs,
+                            task=datamodule.task)
+        self._build_from_hparams()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def per_sample_losses(self, batch) -> tuple[Tensor, Tensor]:
+        """``(losses [B], outputs)`` of a batch."""
+        x, y = batch
+        out = self(x)
+        if self.hparams.task == "classification":
+            return cross_entropy(out, y, probabilities=self.probabilities), out
+        return squared_error(out, y), out
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        losses, _ = self.per_sample_losses(batch)
+        loss = self.lossval_loss(losses)
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        losses, out = self.per_sample_losses(batch)
+        self.log("val_loss", losses.mean(), prog_bar=True)
+        if self.hparams.task == "classification":
+            self.log("val_acc", (out.argmax(1) == batch[1]).float().mean(), prog_bar=True)
+
+    def lossval_predict(self, batch) -> Tensor:
+        """Predictions for a batch: class indices ``[B]`` or regression outputs ``[B, outputs]``."""
+        out = self(batch[0])
+        return out.argmax(1) if self.hparams.task == "classification" else out
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+class MLP(TaskModule):
+    """A multilayer perceptron for tabular data.
+
+    Args:
+        preset: ``"paper"`` uses the LossVal paper's networks and ignores ``layers``, ``width``,
+            ``activation`` and ``probabilities``: classification 5 linear layers of 100 with ReLU
+            and a softmax output scored as ``-sum y log(p + 1e-8)``; regression 3 linear layers of
+            90 with tanh. ``"custom"`` uses the arguments below.
+        layers: number of linear layers (at least 1).
+        width: units of each hidden layer.
+        activation: one of ``relu``, ``tanh``, ``gelu``, ``silu``, ``elu``.
+        dropout: dropout after each hidden activation.
+        probabilities: classification only: end in a softmax and score probabilities.
+        lr: Adam learning rate of the network.
+        task, num_inputs, num_outputs: default to the DataModule's.
+    """
+
+    def __init__(
+        self,
+        preset: str = "custom",
+        layers: int = 3,
+        width: int = 100,
+        activation: str = "relu",
+        dropout: float = 0.0,
+        probabilities: bool = False,
+        lr: float = 0.01,
+        task: str | None = None,
+        num_inputs: int | None = None,
+        num_outputs: int | None = None,
+    ) -> None:
+        super().__init__(lr, task, num_inputs, num_outputs)
+        if preset not in ("custom", "paper"):
+            raise DataError(f"MLP preset must be 'custom' or 'paper', got {preset!r}")
+        if activation not in ACTIVATIONS:
+            raise DataError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+        if layers < 1:
+            raise DataError(f"an MLP needs at least 1 layer, got {layers}")
+        self.save_hyperparameters()
+        if None not in (task, num_inputs, num_outputs):
+            self._build_from_hparams()
+
+    def build(self, num_inputs: int, num_outputs: int, task: str) -> nn.Module:
+        h = self.hparams
+        layers, width, activation, self.probabilities = h.layers, h.width, h.activation, h.probabilities
+        if h.preset == "paper":
+            classification = task == "classification"
+            layers, width = (5, 100) if classification else (3, 90)
+            activation, self.probabilities = ("relu", True) if classification else ("tanh", False)
+        self.probabilities = self.probabilities and task == "classification"
+        blocks: list[nn.Module] = []
+        sizes = [num_inputs] + [width] * (layers - 1)
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            blocks += [nn.Linear(fan_in, fan_out), ACTIVATIONS[activation]()]
+            if h.dropout:
+                blocks.append(nn.Dropout(h.dropout))
+        blocks.append(nn.Linear(sizes[-1], num_outputs))
+        if self.probabilities:
+            blocks.append(nn.Softmax(dim=1))
+        return nn.Sequential(*blocks)
+
+
+class CNN(TaskModule):
+    """A small convolutional classifier for image-like rows (e.g. the 8x8 digits, flattened).
+
+    Each row of ``num_inputs`` values is reshaped to ``image_shape`` (channels, height, width);
+    each entry of ``channels`` adds a 3x3 convolution, ReLU and 2x2 max-pool (while the image is
+    at least 2 pixels wide), then global average pooling and a linear classifier.
+    """
+
+    def __init__(
+        self,
+        image_shape: list[int] = [1, 8, 8],  # noqa: B006 (a plain list keeps the CLI type simple)
+        channels: list[int] = [16, 32],  # noqa: B006
+        lr: float = 0.01,
+        task: str | None = None,
+        num_inputs: int | None = None,
+        num_outputs: int | None = None,
+    ) -> None:
+        super().__init__(lr, task, num_inputs, num_outputs)
+        self.save_hyperparameters()
+        if None not in (task, num_inputs, num_outputs):
+            self._build_from_hparams()
+
+    def build(self, num_inputs: int, num_outputs: int, task: str) -> nn.Module:
+        shape = list(self.hparams.image_shape)
+        if len(shape) != 3 or shape[0] * shape[1] * shape[2] != num_inputs:
+            raise DataError(
+                f"CNN image_shape {shape} (channels, height, width) does not hold the {num_inputs} input "
+                "features of a row; set model.image_shape so that its product equals the feature count"
+            )
+        blocks: list[nn.Module] = [nn.Unflatten(1, shape)]
+        fan_in, size = shape[0], min(shape[1:])
+        for fan_out in self.hparams.channels:
+            blocks += [nn.Conv2d(fan_in, fan_out, 3, padding=1), nn.ReLU()]
+            if size >= 2:
+                blocks.append(nn.MaxPool2d(2))
+                size //= 2
+            fan_in = fan_out
+        return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(fan_in, num_outputs))

@@ -1,0 +1,103 @@
+"""What a valuation run leaves behind: the values table, its printout, and the detection figure."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import Tensor
+
+from lightning_lossval.metrics import discovery_curve
+
+METRIC_NAMES = {"detection_f1": "F1 (2-means)", "f1_at_noise_rate": "F1 at the noise rate", "auroc": "AUROC",
+                "average_precision": "average precision"}
+
+
+def values_table(values: Tensor, columns: dict[str, list] | None = None) -> list[dict[str, Any]]:
+    """Rows ``rank, index, <columns...>, value``, lowest value (most suspicious) first.
+
+    ``columns`` holds per-sample lists aligned with ``values`` (e.g. ``row``, ``id``, ``target``).
+    """
+    columns = columns or {}
+    order = values.argsort(stable=True).tolist()
+    return [
+        {"rank": rank, "index": i, **{name: column[i] for name, column in columns.items()}, "value": values[i].item()}
+        for rank, i in enumerate(order, start=1)
+    ]
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.9g}"
+    if isinstance(value, bool):
+        return "yes" if value else ""
+    return str(value)
+
+
+def table_csv(rows: list[dict[str, Any]]) -> bytes:
+    """CSV text of :func:`values_table` rows (quoted where needed)."""
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+    return out.getvalue().encode()
+
+
+def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
+    """A fixed-width (or markdown) table of rows, values to 4 decimals."""
+    names = list(rows[0])
+    cells = [[f"{v:.4f}" if isinstance(v, float) else _cell(v) for v in row.values()] for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
+    widths = [max(len(n), *(len(c[j]) for c in cells)) for j, n in enumerate(names)]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [names, *cells])
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{METRIC_NAMES.get(k, k)} {v:.3f}" for k, v in metrics.items())
+
+
+def detection_figure(values: Tensor, noisy: Tensor):
+    """Two panels: value histograms of clean and noisy rows; noisy rows found vs rows inspected."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4), dpi=100)
+    left, right = figure.subplots(1, 2)
+    bins = torch.linspace(values.min().item(), values.max().item() + 1e-9, 41).tolist()
+    left.hist(values[~noisy].tolist(), bins=bins, alpha=0.6, label=f"clean ({int((~noisy).sum())})")
+    left.hist(values[noisy].tolist(), bins=bins, alpha=0.6, label=f"noisy ({int(noisy.sum())})")
+    left.set(xlabel="value (learned weight)", ylabel="rows", title="values of clean and noisy rows")
+    left.legend()
+    inspected, found = discovery_curve(values, noisy)
+    right.plot(inspected.tolist(), found.tolist(), label="LossVal, lowest value first")
+    rate = noisy.float().mean().item()
+    right.plot([0, 1], [0, 1], "--", color="gray", label="random order")
+    right.plot([0, rate, 1], [0, 1, 1], ":", color="black", label="perfect")
+    right.set(xlabel="fraction of rows inspected", ylabel="fraction of noisy rows found",
+              title="discovery curve", xlim=(0, 1), ylim=(0, 1.02))
+    right.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write through a temporary file in the same directory, then rename over ``path``: a crash
+    never leaves a truncated file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,470 @@
+"""TabularDataModule: a CSV file of your own (or a scikit-learn toy dataset) as LossVal training data.
+
+Everything is read, checked and encoded once, in :meth:`TabularDataModule.prepare` (called by
+``setup``), with the standard library's ``csv`` module. Every problem in the data is a
+:class:`~lightning_lossval.errors.DataError` that names the file, line and column and says what
+to do. Cells are stripped of surrounding spaces; blank lines are skipped, as pandas does, so
+``row`` numbers match a ``pandas.read_csv`` index while messages give the file's line numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from typing import Any, NamedTuple
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_lossval.errors import DataError
+from lightning_lossval.noise import NOISE_KINDS, inject_noise
+
+BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
+TASKS = ("auto", "classification", "regression")
+MISSING_MODES = ("error", "drop")
+MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none"})
+MAX_AUTO_CLASSES = 20  # task="auto": integer targets with at most this many values are classes
+MAX_LINES_SHOWN = 10
+
+
+class _Table(NamedTuple):
+    """Data rows of one file as stripped strings, each with its file line and data row number."""
+
+    source: str  # path or builtin name, for messages
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]  # 1-based file line of each row (header = line 1)
+    numbers: list[int]  # 0-based data row number of each row
+
+    def column(self, name: str) -> list[str]:
+        i = self.header.index(name)
+        return [row[i] for row in self.rows]
+
+    def take(self, keep: list[int]) -> _Table:
+        return _Table(
+            self.source,
+            self.header,
+            [self.rows[i] for i in keep],
+            [self.lines[i] for i in keep],
+            [self.numbers[i] for i in keep],
+        )
+
+
+class TabularDataModule(LightningDataModule):
+    """Training and validation data from a CSV with a header line, for classification or regression.
+
+    Numeric features are standardised with the training mean and std, categorical ones one-hot
+    encoded with the training categories; a regression target is standardised too (see
+    :meth:`format_target`). ``noise`` corrupts a known ``noise_rate`` fraction of the training
+    rows (``noisy_mask``), so that a valuation run can be scored. Example::
+
+        dm = TabularDataModule(train_csv="houses.csv", target="price", id_column="house_id")
+        dm.prepare()  # optional: setup() does it; afterwards dm.num_features, dm.num_outputs are known
+        Trainer(callbacks=[LossValCallback()]).fit(model, IndexedDataModule(dm))
+
+    Args:
+        train_csv: path of the training CSV (comma separated, header line first).
+        target: name of the target column.
+        val_csv: validation CSV with the same columns; None splits ``val_fraction`` of the
+            training rows off, drawn with ``seed``.
+        val_fraction: share of training rows used for validation when there is no ``val_csv``.
+        builtin: instead of ``train_csv``, a scikit-learn dataset: ``digits``, ``breast_cancer``,
+            ``wine``, ``iris`` or ``diabetes`` (regression); its target column is ``target``.
+        task: ``auto``, ``classification`` or ``regression``. ``auto`` picks classification for
+            non-numeric targets and for integer targets with at most 20 distinct values.
+        categorical: columns to one-hot encode; None treats a column as numeric when more than
+            half of its training values are numbers, else as categorical.
+        id_column: a column naming each row; not a feature, reported by :meth:`row_columns`.
+        drop_columns: columns to ignore.
+        missing: ``error`` or ``drop`` for rows with an empty, NA, NaN, null or none feature/target.
+        noise: ``none``, ``label``, ``feature`` or ``mixed``: corrupt training rows on purpose.
+        noise_rate: fraction of training rows to corrupt, in [0, 1].
+        seed: seed of the validation split and of the noise.
+        batch_size: training batch size.
+        num_workers: training DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        train_csv: str | None = None,
+        target: str = "target",
+        val_csv: str | None = None,
+        val_fraction: float = 0.1,
+        builtin: str | None = None,
+        task: str = "auto",
+        categorical: list[str] | None = None,
+        id_column: str | None = None,
+        drop_columns: list[str] | None = None,
+        missing: str = "error",
+        noise: str = "none",
+        noise_rate: float = 0.0,
+        seed: int = 0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if (train_csv is None) == (builtin is None):
+            raise DataError(
+                "give exactly one data source: --data.train_csv PATH for your own CSV or --data.builtin NAME "
+                f"for a scikit-learn dataset ({', '.join(BUILTINS)}), got "
+                + ("both" if train_csv is not None else "neither")
+            )
+        if builtin is not None and builtin not in BUILTINS:
+            raise DataError(f"unknown builtin dataset {builtin!r}; --data.builtin must be one of {', '.join(BUILTINS)}")
+        choices = (("task", task, TASKS), ("missing", missing, MISSING_MODES), ("noise", noise, NOISE_KINDS))
+        for option, value, allowed in choices:
+            if value not in allowed:
+                raise DataError(f"--data.{option} must be one of {', '.join(allowed)}, got {value!r}")
+        if not 0.0 <= noise_rate <= 1.0:
+            raise DataError(
+                f"--data.noise_rate is the fraction of training rows to corrupt, within [0, 1]; got {noise_rate}"
+            )
+        if val_csv is None and not 0.0 < val_fraction < 1.0:
+            raise DataError(
+                f"--data.val_fraction must be strictly between 0 and 1, got {val_fraction}; "
+                "or give a validation file with --data.val_csv"
+            )
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.num_features: int | None = None
+        self.num_outputs: int | None = None
+        self.task: str | None = None  # resolved by prepare(): "classification" or "regression"
+        self.classes: list[str] | None = None
+        self.feature_names: list[str] | None = None
+        self.noisy_mask: Tensor | None = None
+
+    def setup(self, stage: str) -> None:
+        self.prepare()
+
+    def prepare(self) -> None:
+        """Read, check and encode the data; a second call does nothing."""
+        if self.train_set is not None:
+            return
+        hp = self.hparams
+        train = _read_csv(hp.train_csv) if hp.builtin is None else _load_builtin(hp.builtin)
+        features = self._feature_columns(train)
+        val = None
+        if hp.val_csv is not None:
+            val = _same_columns(_read_csv(hp.val_csv), train)
+
+        train, val = _handle_missing(train, val, [*features, hp.target], hp.missing)
+        if val is None:
+            train, val = _split(train, hp.val_fraction, hp.seed)
+
+        x_train, x_val, self.feature_names = _encode_features(train, val, features, hp.categorical)
+        y_train, y_val = self._encode_target(train, val)
+
+        num_classes = len(self.classes) if self.task == "classification" else None
+        x_train, y_train, mask = inject_noise(hp.noise, x_train, y_train, hp.noise_rate, hp.seed, num_classes)
+        self.noisy_mask = None if hp.noise == "none" else mask
+        if self.task == "classification":
+            self._readable_targets: list[Any] = [self.classes[i] for i in y_train.tolist()]
+        else:
+            # noise swapped raw targets, so the file shows exact values in original units
+            self._readable_targets = y_train.flatten().tolist()
+            y_train, y_val = [((y - self._target_mean) / self._target_std).float() for y in (y_train, y_val)]
+
+        self._rows = list(train.numbers)
+        self._ids = train.column(hp.id_column) if hp.id_column is not None else None
+        self.train_set = TensorDataset(x_train, y_train)
+        self.val_set = TensorDataset(x_val, y_val)
+        self.num_features = x_train.shape[1]
+        self.num_outputs = num_classes or 1
+
+    def row_columns(self) -> dict[str, list]:
+        """Per training sample (aligned with ``train_set``): ``row``, ``id`` (with ``id_column``), ``target``.
+
+        ``row`` is the 0-based data row in the training file (line ``row + 2`` without blank lines),
+        ``target`` the target trained on (after noise): a class name, or a value in original units.
+        """
+        self._check_prepared()
+        columns: dict[str, list] = {"row": list(self._rows)}
+        if self._ids is not None:
+            columns["id"] = list(self._ids)
+        columns["target"] = list(self._readable_targets)
+        return columns
+
+    def format_target(self, t: Tensor) -> list[str]:
+        """Readable strings for targets like the training ones: class indices ``[B]`` or
+        standardised regression values ``[B]`` / ``[B, 1]`` (shown in original units, 4 significant digits)."""
+        self._check_prepared()
+        if self.task == "classification":
+            if t.is_floating_point():
+                raise TypeError("format_target takes class indices, not scores: pass logits.argmax(-1)")
+            return [self.classes[i] for i in t.reshape(-1).tolist()]
+        values = t.detach().reshape(-1).double().cpu() * self._target_std + self._target_mean
+        return [f"{v:.4g}" for v in values.tolist()]
+
+    def train_dataloader(self) -> DataLoader:
+        self._check_prepared()
+        return DataLoader(
+            self.train_set, batch_size=self.hparams.batch_size, shuffle=True, num_workers=self.hparams.num_workers
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        self._check_prepared()
+        return DataLoader(self.val_set, batch_size=1024)
+
+    def _check_prepared(self) -> None:
+        if self.train_set is None:
+            raise RuntimeError("TabularDataModule has no data yet: call prepare() (or let the Trainer call setup)")
+
+    def _feature_columns(self, train: _Table) -> list[str]:
+        hp = self.hparams
+        available = ", ".join(repr(c) for c in train.header)
+        if hp.target not in train.header:
+            raise DataError(
+                f"{train.source} has no target column {hp.target!r}; its columns are {available}. "
+                "Name the target column with --data.target NAME"
+            )
+        for option, names in (
+            ("id_column", [] if hp.id_column is None else [hp.id_column]),
+            ("categorical", hp.categorical or []),
+            ("drop_columns", hp.drop_columns or []),
+        ):
+            unknown = [n for n in names if n not in train.header]
+            if unknown:
+                raise DataError(
+                    f"data.{option} names {', '.join(repr(n) for n in unknown)}, which {train.source} does not have; "
+                    f"its columns are {available}"
+                )
+            if hp.target in names:
+                raise DataError(f"the target column {hp.target!r} cannot also be in data.{option}; remove it there")
+        ignored = {hp.target, hp.id_column, *(hp.drop_columns or [])}
+        features = [c for c in train.header if c not in ignored]
+        if not features:
+            raise DataError(f"{train.source} has no feature columns left besides the target, id and dropped columns")
+        not_features = [c for c in hp.categorical or [] if c not in features]
+        if not_features:
+            raise DataError(
+                f"data.categorical lists {', '.join(repr(c) for c in not_features)}, which is the id column or "
+                "dropped; remove it from data.categorical"
+            )
+        return features
+
+    def _encode_target(self, train: _Table, val: _Table) -> tuple[Tensor, Tensor]:
+        """Class indices ``[N]`` (long), or raw regression values ``[N, 1]`` (float64, original units)."""
+        name = self.hparams.target
+        values = train.column(name)
+        task = self.hparams.task
+        if task == "auto":
+            numbers = [_to_float(v) for v in values]
+            if None in numbers:
+                task = "classification"
+            elif all(v.is_integer() for v in numbers) and len(set(numbers)) <= MAX_AUTO_CLASSES:
+                task = "classification"
+            else:
+                task = "regression"
+        self.task = task
+        if task == "regression":
+            advice = "fix it, or set --data.task classification if the target is a class"
+            y_train = _parse_numbers(train, name, advice)
+            y_val = _parse_numbers(val, name, advice)
+            self._target_mean, self._target_std = _mean_std(y_train)
+            return y_train[:, None], y_val[:, None]
+
+        self.classes = _sorted_values(set(values))
+        if len(self.classes) < 2:
+            raise DataError(
+                f"the target {name!r} of {train.source} has one class, {self.classes[0]!r}, in the training rows; "
+                "classification needs at least two: check that --data.target names the right column"
+            )
+        index = {c: i for i, c in enumerate(self.classes)}
+        for value, line in zip(val.column(name), val.lines):
+            if value not in index:
+                raise DataError(
+                    f"line {line} of {val.source}: target {value!r} is not one of the training classes "
+                    f"{self.classes}; remove such validation rows or add training rows of that class"
+                )
+        return tuple(torch.tensor([index[v] for v in t.column(name)], dtype=torch.long) for t in (train, val))
+
+
+def _read_csv(path: str) -> _Table:
+    line = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: drop the byte-order mark Excel writes
+            reader = csv.reader(f)
+            header: list[str] | None = None
+            rows, lines = [], []
+            for record in reader:
+                line = reader.line_num
+                if not record:
+                    continue
+                record = [cell.strip() for cell in record]
+                if header is None:
+                    header = record
+                    _check_header(header, path)
+                elif len(record) != len(header):
+                    raise DataError(
+                        f"line {line} of {path} has {len(record)} fields but the header has {len(header)}; give every "
+                        "row one value per column (quote values that contain commas)"
+                    )
+                else:
+                    rows.append(record)
+                    lines.append(line)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; check the path given as --data.train_csv / --data.val_csv") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 CSV") from None
+    except csv.Error as e:
+        raise DataError(f"line {line + 1} of {path} is not valid CSV ({e}); fix the quoting there") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror}); give the path of a readable CSV file") from None
+    if header is None:
+        raise DataError(f"{path} is empty: expected a header line and data rows")
+    if not rows:
+        raise DataError(f"{path} has a header line but no data rows; add the data below the header")
+    return _Table(path, header, rows, lines, list(range(len(rows))))
+
+
+def _check_header(header: list[str], source: str) -> None:
+    if "" in header:
+        raise DataError(f"column {header.index('') + 1} of the header of {source} has no name; name it or remove it")
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise DataError(f"{source} has more than one column named {', '.join(map(repr, duplicated))}; rename them")
+
+
+def _load_builtin(name: str) -> _Table:
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise DataError(
+            f"--data.builtin {name} needs scikit-learn, which is not installed: "
+            'pip install "lightning-lossval[examples]"'
+        ) from None
+    bunch = getattr(datasets, f"load_{name}")()
+    header = [str(n) for n in bunch.feature_names] + ["target"]
+    rows = [[str(v) for v in x] + [str(t)] for x, t in zip(bunch.data.tolist(), bunch.target.tolist())]
+    return _Table(f"builtin dataset {name!r}", header, rows, [r + 2 for r in range(len(rows))], list(range(len(rows))))
+
+
+def _same_columns(val: _Table, train: _Table) -> _Table:
+    """``val`` with its columns in the order of ``train``'s, which must be the same set."""
+    lacking = [c for c in train.header if c not in val.header]
+    extra = [c for c in val.header if c not in train.header]
+    if lacking or extra:
+        problems = []
+        if lacking:
+            problems.append(f"lacks {', '.join(map(repr, lacking))}")
+        if extra:
+            problems.append(f"has extra {', '.join(map(repr, extra))}")
+        raise DataError(
+            f"the validation file {val.source} must have the same columns as {train.source}, but it "
+            f"{' and '.join(problems)}; add or remove those columns"
+        )
+    order = [val.header.index(c) for c in train.header]
+    return val._replace(header=train.header, rows=[[row[i] for i in order] for row in val.rows])
+
+
+def _handle_missing(
+    train: _Table, val: _Table | None, columns: list[str], mode: str
+) -> tuple[_Table, _Table | None]:
+    tables = [t for t in (train, val) if t is not None]
+    bad = [_missing_rows(t, columns) for t in tables]
+    if mode == "error" and any(bad):
+        reports = []
+        for table, rows in zip(tables, bad):
+            if rows:
+                shown = ", ".join(str(table.lines[i]) for i in rows[:MAX_LINES_SHOWN])
+                more = ", ..." if len(rows) > MAX_LINES_SHOWN else ""
+                reports.append(f"{len(rows)} row(s) of {table.source} (lines {shown}{more})")
+        raise DataError(
+            f"missing values (empty, NA, N/A, NaN, null or none) in feature or target columns: {'; '.join(reports)}. "
+            "Fill them in, or drop those rows with --data.missing drop"
+        )
+    kept = []
+    for table, rows in zip(tables, bad):
+        dropped = set(rows)
+        table = table.take([i for i in range(len(table.rows)) if i not in dropped])
+        if not table.rows:
+            raise DataError(f"every row of {table.source} has a missing value in a feature or target column")
+        kept.append(table)
+    return kept[0], kept[1] if val is not None else None
+
+
+def _missing_rows(table: _Table, columns: list[str]) -> list[int]:
+    at = [table.header.index(c) for c in columns]
+    return [r for r, row in enumerate(table.rows) if any(row[i].lower() in MISSING_TOKENS for i in at)]
+
+
+def _split(train: _Table, fraction: float, seed: int) -> tuple[_Table, _Table]:
+    n = len(train.rows)
+    n_val = max(1, round(fraction * n))
+    if n_val >= n:
+        raise DataError(
+            f"{train.source} has {n} usable row(s), too few to split off --data.val_fraction {fraction} for "
+            "validation; add rows or give a validation file with --data.val_csv"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return train.take(sorted(order[n_val:])), train.take(sorted(order[:n_val]))
+
+
+def _encode_features(
+    train: _Table, val: _Table, features: list[str], categorical: list[str] | None
+) -> tuple[Tensor, Tensor, list[str]]:
+    """Standardised numeric and one-hot categorical features, ``[N, F]`` float32 each, and their names."""
+    blocks: list[tuple[Tensor, Tensor]] = []
+    names: list[str] = []
+    for column in features:
+        values = train.column(column)
+        if categorical is None:
+            is_categorical = 2 * sum(_to_float(v) is not None for v in values) <= len(values)
+        else:
+            is_categorical = column in categorical
+        if is_categorical:
+            categories = _sorted_values(set(values))
+            index = {c: i for i, c in enumerate(categories)}
+            blocks.append(tuple(_one_hot(t.column(column), index) for t in (train, val)))
+            names += [f"{column}={c}" for c in categories]
+        else:
+            advice = f"fix it or list {column!r} under data.categorical"
+            x_train, x_val = _parse_numbers(train, column, advice), _parse_numbers(val, column, advice)
+            mean, std = _mean_std(x_train)
+            blocks.append(((x_train[:, None] - mean) / std, (x_val[:, None] - mean) / std))
+            names.append(column)
+    x_train, x_val = (torch.cat([b[i] for b in blocks], dim=1).float() for i in (0, 1))
+    return x_train, x_val, names
+
+
+def _one_hot(values: list[str], index: dict[str, int]) -> Tensor:
+    """``[N, K]`` one-hot rows; a value not in ``index`` (unseen in training) is all zeros."""
+    out = torch.zeros(len(values), len(index), dtype=torch.float64)
+    for row, value in enumerate(values):
+        if value in index:
+            out[row, index[value]] = 1.0
+    return out
+
+
+def _parse_numbers(table: _Table, column: str, advice: str) -> Tensor:
+    """The column as a float64 tensor ``[N]``; a cell that is not a finite number is a DataError."""
+    values = table.column(column)
+    numbers = [_to_float(v) for v in values]
+    for value, number, line in zip(values, numbers, table.lines):
+        if number is None:
+            raise DataError(f"line {line} of {table.source}, column {column!r}: {value!r} is not a number; {advice}")
+    return torch.tensor(numbers, dtype=torch.float64)
+
+
+def _to_float(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _mean_std(values: Tensor) -> tuple[float, float]:
+    """Mean and population std of ``values``; a std of 0 (a constant column) becomes 1."""
+    std = values.std(correction=0).item()
+    return values.mean().item(), std if std > 0 else 1.0
+
+
+def _sorted_values(values: set[str]) -> list[str]:
+    """Numeric order if every value is a number, else string order."""
+    if all(_to_float(v) is not None for v in values):
+        return sorted(values, key=lambda v: (float(v), v))
+    return sorted(values)

@@ -1,0 +1,178 @@
+"""The `lossval` command end to end: configs, the user's own CSV, the run's outputs, bad input."""
+
+from __future__ import annotations
+
+import csv
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.functional.classification import binary_auroc
+
+from lightning_lossval import LossValCallback
+from lightning_lossval.cli import LossValCLI, main
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+def run(tmp_path, config, *args):
+    main(["fit", "--config", str(CONFIGS / config), "--trainer.default_root_dir", str(tmp_path), *QUIET, *args])
+    (log_dir,) = (tmp_path / "lightning_logs").iterdir()
+    return log_dir
+
+
+def read_values(log_dir):
+    with open(log_dir / "values.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_default_job_leaves_values_and_a_tensorboard_to_look_at(tmp_path, capsys):
+    log_dir = run(tmp_path, "default.yaml", "--trainer.max_epochs", "2")
+    rows = read_values(log_dir)
+    assert len(rows) == 1617 and list(rows[0]) == ["rank", "index", "row", "target", "prediction", "noisy", "value"]
+    printed = capsys.readouterr().out
+    assert "lowest-valued of 1617 training samples" in printed and "F1 (2-means)" in printed
+
+    events = EventAccumulator(str(log_dir), size_guidance={"histograms": 0, "scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert "lossval/weights" in tags["histograms"]
+    assert {"lossval/weight_mean", "lossval/auroc", "lossval/detection_f1", "train_loss", "val_loss"} <= set(
+        tags["scalars"])
+    assert "lossval/lowest_rows/text_summary" in tags["tensors"]
+    assert "lossval/detection" in tags["images"]
+    assert (log_dir / "config.yaml").exists()  # the resolved config, saved by LightningCLI
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def customer_rows(n, seed, corrupt=()):
+    """Two well separated classes; `corrupt` rows get the wrong label. Columns: id, x1, x2, color, target."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        label = rng.choice(["churn", "stay"])
+        center = 2.5 if label == "churn" else -2.5
+        color = rng.choice(["red", "green", "blue"])
+        if i in corrupt:
+            label = "stay" if label == "churn" else "churn"
+        rows.append([f"cust-{seed}-{i}", f"{center + rng.gauss(0, 1):.4f}", f"{center + rng.gauss(0, 1):.4f}", color,
+                     label])
+    return rows
+
+
+HEADER = ["id", "x1", "x2", "color", "target"]
+
+
+def test_own_csv_with_categorical_and_id_columns_maps_values_back(tmp_path):
+    corrupt = set(random.Random(1).sample(range(300), 30))
+    train_rows = customer_rows(300, seed=0, corrupt=corrupt)
+    write_csv(tmp_path / "train.csv", HEADER, train_rows)
+    write_csv(tmp_path / "val.csv", HEADER, customer_rows(60, seed=1))
+    log_dir = run(tmp_path, "csv.yaml", "--data.train_csv", str(tmp_path / "train.csv"), "--data.val_csv",
+                  str(tmp_path / "val.csv"), "--data.target", "target", "--data.id_column", "id",
+                  "--trainer.max_epochs", "5", "--trainer.accelerator", "cpu")
+    rows = read_values(log_dir)
+    assert len(rows) == 300 and sorted(int(r["row"]) for r in rows) == list(range(300))
+    for r in rows:  # every value row names the CSV row it came from
+        csv_row = train_rows[int(r["row"])]
+        assert r["id"] == csv_row[0] and r["target"] == csv_row[4]
+    by_row = {int(r["row"]): float(r["value"]) for r in rows}
+    values = torch.tensor([by_row[i] for i in range(300)])
+    noisy = torch.tensor([i in corrupt for i in range(300)])
+    assert binary_auroc(-values, noisy.int()).item() >= 0.8
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing target", "target column 'label'"),
+        ("one class", "one class"),
+        ("other columns", "validation"),
+        ("unparsable", "'abc' is not a number"),
+        ("empty file", "empty"),
+    ],
+)
+def test_bad_csv_gets_a_clear_message_and_exit_status_2(tmp_path, capsys, case, message):
+    train, val = customer_rows(40, seed=0), customer_rows(10, seed=1)
+    header, val_header, target = HEADER, HEADER, "target"
+    if case == "missing target":
+        target = "label"
+    elif case == "one class":
+        train = [r[:4] + ["stay"] for r in train]
+    elif case == "other columns":
+        val_header = ["id", "x1", "x3", "color", "target"]
+    elif case == "unparsable":
+        train[7][1] = "abc"
+    write_csv(tmp_path / "train.csv", header, train)
+    write_csv(tmp_path / "val.csv", val_header, val)
+    if case == "empty file":
+        (tmp_path / "train.csv").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, "csv.yaml", "--data.train_csv", str(tmp_path / "train.csv"), "--data.val_csv",
+            str(tmp_path / "val.csv"), "--data.target", target, "--trainer.max_epochs", "1")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lossval: error: ") and message.lower() in err.lower(), err
+    assert "Traceback" not in err
+
+
+def test_unknown_config_key_and_the_console_script(tmp_path):
+    (tmp_path / "bad.yaml").write_text("lossval:\n  learning_rate: 0.1\n")
+    command = [sys.executable, "-m", "lightning_lossval.cli", "fit", "--config", str(CONFIGS / "default.yaml"),
+               "--config", str(tmp_path / "bad.yaml")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "learning_rate" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_print_config_shows_the_lossval_key(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        LossValCLI(args=["fit", "--config", str(CONFIGS / "default.yaml"), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "lossval:" in printed and "objective: paper" in printed and "builtin: digits" in printed
+
+
+@pytest.mark.parametrize("config", ["regression.yaml", "paper.yaml", "digits_cnn.yaml"])
+def test_shipped_configs_run(tmp_path, config):
+    log_dir = run(tmp_path, config, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "5")
+    assert read_values(log_dir)
+
+
+LISTED = """
+trainer:
+  max_epochs: 1
+  callbacks:
+    - class_path: lightning_lossval.LossValCallback
+      init_args:
+        show: 3
+model:
+  class_path: lightning_lossval.models.MLP
+data:
+  class_path: lightning_lossval.tabular.TabularDataModule
+  init_args:
+    builtin: iris
+"""
+
+
+def test_callback_listed_under_trainer_callbacks(tmp_path, capsys):
+    (tmp_path / "listed.yaml").write_text(LISTED)
+    args = ["fit", "--config", str(tmp_path / "listed.yaml"), "--trainer.default_root_dir", str(tmp_path), *QUIET]
+    cli = LossValCLI(args=args)
+    assert [c.show for c in cli.trainer.callbacks if isinstance(c, LossValCallback)] == [3]
+    assert "the 3 lowest-valued" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit):  # options under lossval: too would be ambiguous
+        main([*args, "--lossval.lr", "0.05"])
+    assert "configured twice" in capsys.readouterr().err

@@ -1,0 +1,340 @@
+"""TabularDataModule on real CSV files: encoding, row mapping, splits, noise, every user error, a real fit."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_lossval.errors import DataError
+from lightning_lossval.noise import inject_noise, swap_targets
+from lightning_lossval.tabular import TabularDataModule
+
+HEADER = ["id", "size", "color", "label"]
+COLORS = ["red", "green", "blue"]
+
+
+def write_csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return str(path)
+
+
+def animal_rows(n, seed=0):
+    """Rows ``[id, size, color, label]``: size is numeric, color categorical, label 'cat' or 'dog'."""
+    g = torch.Generator().manual_seed(seed)
+    sizes = (torch.randn(n, generator=g) * 3 + 10).tolist()
+    return [[f"r{i}", f"{s:.3f}", COLORS[i % 3], "dog" if s > 10 else "cat"] for i, s in enumerate(sizes)]
+
+
+def prepared(**kwargs):
+    dm = TabularDataModule(**kwargs)
+    dm.prepare()
+    return dm
+
+
+def test_csv_with_val_file_is_encoded_with_training_statistics(tmp_path):
+    rows = animal_rows(30)
+    val_rows = [["v0", "12.5", "purple", "dog"], ["v1", "7.0", "green", "cat"]]
+    dm = prepared(train_csv=write_csv(tmp_path / "train.csv", HEADER, rows),
+                  val_csv=write_csv(tmp_path / "val.csv", HEADER, val_rows), target="label", id_column="id")
+
+    assert dm.feature_names == ["size", "color=blue", "color=green", "color=red"]
+    assert (dm.num_features, dm.num_outputs, dm.task, dm.classes) == (4, 2, "classification", ["cat", "dog"])
+    x, y = dm.train_set.tensors
+    assert x.shape == (30, 4) and x.dtype == torch.float32 and y.dtype == torch.long
+    sizes = torch.tensor([float(r[1]) for r in rows], dtype=torch.float64)
+    mean, std = sizes.mean(), sizes.std(correction=0)
+    torch.testing.assert_close(x[:, 0], ((sizes - mean) / std).float())
+    assert x[:, 0].mean().abs() < 1e-5 and (x[:, 0].std(correction=0) - 1).abs() < 1e-5
+    for row, features in zip(rows, x):
+        assert features[1:].tolist() == [float(row[2] == c) for c in ("blue", "green", "red")]
+    assert y.tolist() == [dm.classes.index(r[3]) for r in rows]
+
+    x_val, y_val = dm.val_set.tensors
+    torch.testing.assert_close(x_val[:, 0], ((torch.tensor([12.5, 7.0], dtype=torch.float64) - mean) / std).float())
+    assert x_val[:, 1:].tolist() == [[0, 0, 0], [0, 1, 0]]  # "purple" was never seen in training: all zeros
+    assert y_val.tolist() == [1, 0]
+    assert dm.noisy_mask is None
+    assert dm.row_columns() == {"row": list(range(30)), "id": [r[0] for r in rows], "target": [r[3] for r in rows]}
+    assert dm.format_target(torch.tensor([1, 0])) == ["dog", "cat"]
+
+
+def test_val_split_is_seeded_disjoint_and_rows_map_back(tmp_path):
+    rows = animal_rows(40)
+    path = write_csv(tmp_path / "train.csv", HEADER, rows)
+    dm = prepared(train_csv=path, target="label", id_column="id", val_fraction=0.25, seed=3)
+    columns = dm.row_columns()
+    assert len(dm.train_set) == 30 and len(dm.val_set) == 10
+    assert columns["id"] == [rows[r][0] for r in columns["row"]]
+    assert columns["target"] == [rows[r][3] for r in columns["row"]]
+
+    # un-standardise the size feature of the training and validation samples to find their CSV rows
+    sizes = [float(r[1]) for r in rows]
+    train_sizes = torch.tensor([sizes[r] for r in columns["row"]], dtype=torch.float64)
+    mean, std = train_sizes.mean(), train_sizes.std(correction=0)
+    torch.testing.assert_close(dm.train_set.tensors[0][:, 0], ((train_sizes - mean) / std).float())
+    val_sizes = (dm.val_set.tensors[0][:, 0].double() * std + mean).tolist()
+    val_rows = [min(range(40), key=lambda r: abs(sizes[r] - s)) for s in val_sizes]
+    assert set(val_rows).isdisjoint(columns["row"]) and set(val_rows) | set(columns["row"]) == set(range(40))
+
+    again = prepared(train_csv=path, target="label", val_fraction=0.25, seed=3)
+    other = prepared(train_csv=path, target="label", val_fraction=0.25, seed=4)
+    assert again.row_columns()["row"] == columns["row"]
+    assert other.row_columns()["row"] != columns["row"]
+
+
+def test_missing_values_error_or_drop(tmp_path):
+    rows = animal_rows(12)
+    rows[1][1] = ""
+    rows[3][2] = "NA"
+    rows[5][3] = " null "
+    rows[7][0] = ""  # a missing id is not a missing feature
+    path = write_csv(tmp_path / "train.csv", HEADER, rows)
+    val = write_csv(tmp_path / "val.csv", HEADER, [["v0", "n/a", "red", "cat"], ["v1", "9", "red", "cat"]])
+    with pytest.raises(DataError, match=r"3 row\(s\) of .*train.csv \(lines 3, 5, 7\).*1 row\(s\) of .*val.csv "
+                                        r"\(lines 2\).*--data.missing drop"):
+        prepared(train_csv=path, val_csv=val, target="label", id_column="id")
+
+    dm = prepared(train_csv=path, val_csv=val, target="label", id_column="id", missing="drop")
+    kept = [r for r in range(12) if r not in (1, 3, 5)]
+    assert dm.row_columns()["row"] == kept
+    assert dm.row_columns()["id"] == [rows[r][0] for r in kept]
+    assert len(dm.val_set) == 1
+
+    split = prepared(train_csv=path, target="label", id_column="id", missing="drop", val_fraction=0.2)
+    columns = split.row_columns()
+    assert len(columns["row"]) == 7 and set(columns["row"]) < set(kept)
+    assert columns["id"] == [rows[r][0] for r in columns["row"]]
+
+
+def test_regression_is_detected_standardised_and_formatted(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, generator=g)
+    prices = (x * 30 + 200 + torch.randn(50, generator=g)).tolist()
+    rows = [[f"{a:.4f}", f"{p:.2f}"] for a, p in zip(x.tolist(), prices)]
+    val_rows = [["215.31", "0.5"]]
+    dm = prepared(train_csv=write_csv(tmp_path / "t.csv", ["area", "price"], rows),
+                  val_csv=write_csv(tmp_path / "v.csv", ["price", "area"], val_rows), target="price")
+    assert (dm.task, dm.num_outputs, dm.classes) == ("regression", 1, None)
+    y = dm.train_set.tensors[1]
+    assert y.shape == (50, 1) and y.dtype == torch.float32
+    assert y.mean().abs() < 1e-5 and (y.std(correction=0) - 1).abs() < 1e-5
+    raw = [float(r[1]) for r in rows]
+    assert dm.row_columns()["target"] == raw
+    shown = dm.format_target(y)
+    assert all(abs(float(s) - v) < 0.051 and len(s.replace(".", "")) <= 4 for s, v in zip(shown, raw))  # 4 digits
+    assert dm.format_target(y[:, 0]) == dm.format_target(y)
+    assert dm.format_target(dm.val_set.tensors[1]) == ["215.3"]  # columns in another order are matched by name
+    torch.testing.assert_close(dm.val_set.tensors[0][0, 0], dm.train_set.tensors[0][:, 0].new_tensor(
+        (0.5 - x.mean().item()) / x.std(correction=0).item()), atol=1e-3, rtol=0)
+
+
+def test_task_override(tmp_path):
+    rows = [[str(i), str(i % 3)] for i in range(30)]
+    path = write_csv(tmp_path / "t.csv", ["x", "y"], rows)
+    assert prepared(train_csv=path, target="y", val_fraction=0.2).task == "classification"  # 3 integer values
+    dm = prepared(train_csv=path, target="y", val_fraction=0.2, task="regression")
+    assert dm.task == "regression" and dm.train_set.tensors[1].shape == (24, 1)
+
+    many = write_csv(tmp_path / "m.csv", ["x", "y"], [[str(i), str(i)] for i in range(30)])
+    assert prepared(train_csv=many, target="y", val_csv=many).task == "regression"  # 30 distinct integers
+    dm = prepared(train_csv=many, target="y", val_csv=many, task="classification")
+    assert dm.num_outputs == 30 and dm.classes[:3] == ["0", "1", "2"] and dm.classes[10] == "10"  # numeric order
+
+    words = write_csv(tmp_path / "w.csv", ["x", "y"], [["1", "a"], ["2", "b"], ["3", "a"]])
+    with pytest.raises(DataError, match=r"line 2 of .*w.csv, column 'y': 'a' is not a number.*--data.task class"):
+        prepared(train_csv=words, target="y", val_csv=words, task="regression")
+
+
+def test_categorical_override_and_auto_detection(tmp_path):
+    rows = [[str(i % 4), "x" if i % 2 else "7", str(i % 2)] for i in range(20)]
+    path = write_csv(tmp_path / "t.csv", ["code", "mix", "y"], rows)
+    auto = prepared(train_csv=path, target="y", val_csv=path)
+    assert auto.feature_names == ["code", "mix=7", "mix=x"]  # half numbers is not "more than half"
+    listed = prepared(train_csv=path, target="y", val_csv=path, categorical=["code", "mix"])
+    assert listed.feature_names == ["code=0", "code=1", "code=2", "code=3", "mix=7", "mix=x"]
+    assert listed.train_set.tensors[0][:4, :4].tolist() == torch.eye(4).tolist()
+    with pytest.raises(DataError, match=r"line 3 of .*t.csv, column 'mix': 'x' is not a number"):
+        prepared(train_csv=path, target="y", val_csv=path, categorical=["code"])  # listing some makes the rest numeric
+
+
+def test_setup_reads_once(tmp_path):
+    path = write_csv(tmp_path / "t.csv", HEADER, animal_rows(20))
+    dm = TabularDataModule(train_csv=path, target="label")
+    dm.setup("fit")
+    train_set = dm.train_set
+    dm.setup("validate")
+    assert dm.train_set is train_set
+    assert dm.hparams.train_csv == path and dm.hparams.target == "label"
+
+
+def error_cases(tmp_path):
+    ok = write_csv(tmp_path / "ok.csv", HEADER, animal_rows(20))
+    other = write_csv(tmp_path / "other.csv", ["id", "size", "colour", "label", "extra"],
+                      [["a", "1", "red", "cat", "1"]])
+    one_class = write_csv(tmp_path / "one.csv", HEADER, [[f"r{i}", str(i), "red", "cat"] for i in range(10)])
+    bad_rows = [[f"r{i}", "abc" if i == 2 else str(i), "red", "cat" if i % 2 else "dog"] for i in range(10)]
+    bad_number = write_csv(tmp_path / "bad.csv", HEADER, bad_rows)
+    unseen = write_csv(tmp_path / "unseen.csv", HEADER, [["r0", "1", "red", "cat"], ["r1", "1", "red", "bird"]])
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text("id,size,color,label\n")
+    (tmp_path / "ragged.csv").write_text("id,size,color,label\nr0,1,red,cat\nr1,2,red\nr2,3,blue,dog\n")
+    return [
+        (dict(train_csv=ok, target="species"), r"no target column 'species'; its columns are 'id', 'size', "
+                                               r"'color', 'label'.*--data.target NAME"),
+        (dict(train_csv=one_class, target="label"), r"has one class, 'cat'.*at least two"),
+        (dict(train_csv=ok, val_csv=other, target="label"), r"lacks 'color' and has extra 'colour', 'extra'"),
+        (dict(train_csv=bad_number, target="label", val_fraction=0.2),
+         r"line 4 of .*bad.csv, column 'size': 'abc' is not a number; fix it or list 'size' under data.categorical"),
+        (dict(train_csv=ok, val_csv=unseen, target="label"), r"line 3 of .*unseen.csv: target 'bird' is not one of"),
+        (dict(train_csv=str(tmp_path / "empty.csv")), r"empty.csv is empty: expected a header line and data rows"),
+        (dict(train_csv=str(tmp_path / "header.csv"), target="label"), r"header.csv has a header line but no data"),
+        (dict(train_csv=str(tmp_path / "ragged.csv"), target="label"), r"line 3 of .*ragged.csv has 3 fields but the "
+                                                                       r"header has 4"),
+        (dict(train_csv=str(tmp_path / "nope.csv")), r"nope.csv does not exist"),
+        (dict(train_csv=ok, target="label", id_column="key"), r"data.id_column names 'key', which .*ok.csv does not"),
+        (dict(train_csv=ok, target="label", categorical=["colour"]), r"data.categorical names 'colour'"),
+        (dict(train_csv=ok, target="label", drop_columns=["label"]), r"target column 'label' cannot also be in "
+                                                                     r"data.drop_columns"),
+        (dict(), r"exactly one data source.*got neither"),
+        (dict(train_csv=ok, builtin="iris"), r"exactly one data source.*got both"),
+        (dict(builtin="mnist"), r"unknown builtin dataset 'mnist'"),
+        (dict(train_csv=ok, target="label", noise="labels"), r"--data.noise must be one of none, label"),
+        (dict(train_csv=ok, target="label", noise="label", noise_rate=1.5), r"--data.noise_rate .* within \[0, 1\]"),
+        (dict(train_csv=ok, target="label", val_fraction=1.0), r"--data.val_fraction must be strictly between 0 and 1"),
+        (dict(train_csv=ok, target="label", task="ranking"), r"--data.task must be one of auto"),
+    ]
+
+
+def test_user_errors_say_what_is_wrong(tmp_path):
+    for kwargs, message in error_cases(tmp_path):
+        with pytest.raises(DataError, match=message):
+            prepared(**kwargs)
+
+
+def test_builtin_without_scikit_learn(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` raise ImportError
+    with pytest.raises(DataError, match=r'pip install "lightning-lossval\[examples\]"'):
+        prepared(builtin="iris")
+
+
+def noise_data(tmp_path, **kwargs):
+    path = write_csv(tmp_path / "t.csv", HEADER, animal_rows(120))
+    return prepared(train_csv=path, target="label", id_column="id", val_fraction=0.2, seed=1, **kwargs)
+
+
+def test_label_noise_changes_exactly_the_masked_labels(tmp_path):
+    clean = noise_data(tmp_path)
+    dm = noise_data(tmp_path, noise="label", noise_rate=0.25)
+    (x0, y0), (x, y) = clean.train_set.tensors, dm.train_set.tensors
+    assert dm.noisy_mask.shape == (96,) and dm.noisy_mask.sum() == round(0.25 * 96)
+    assert torch.equal(y != y0, dm.noisy_mask)
+    assert torch.equal(x, x0)
+    assert torch.equal(dm.val_set.tensors[1], clean.val_set.tensors[1])  # validation stays clean
+    targets = dm.row_columns()["target"]
+    assert all((targets[i] != clean.row_columns()["target"][i]) == dm.noisy_mask[i].item() for i in range(96))
+    assert noise_data(tmp_path, noise="label", noise_rate=0.0).noisy_mask.sum() == 0  # allowed: an empty mask
+
+
+def test_feature_noise_changes_only_masked_rows(tmp_path):
+    clean = noise_data(tmp_path)
+    dm = noise_data(tmp_path, noise="feature", noise_rate=0.1)
+    (x0, y0), (x, y) = clean.train_set.tensors, dm.train_set.tensors
+    assert dm.noisy_mask.sum() == round(0.1 * 96)
+    assert torch.equal((x != x0).all(dim=1), dm.noisy_mask)  # every column of a noisy row, one-hot ones too
+    assert torch.equal(x[~dm.noisy_mask], x0[~dm.noisy_mask])
+    assert torch.equal(y, y0)
+
+
+def test_mixed_noise_is_half_label_half_feature(tmp_path):
+    clean = noise_data(tmp_path)
+    dm = noise_data(tmp_path, noise="mixed", noise_rate=0.3)
+    (x0, y0), (x, y) = clean.train_set.tensors, dm.train_set.tensors
+    label_rows, feature_rows = y != y0, (x != x0).any(dim=1)
+    assert dm.noisy_mask.sum() == round(0.3 * 96) == 29
+    assert not (label_rows & feature_rows).any()
+    assert torch.equal(label_rows | feature_rows, dm.noisy_mask)
+    assert (label_rows.sum().item(), feature_rows.sum().item()) == (15, 14)
+
+
+def test_regression_label_noise_swaps_targets(tmp_path):
+    rows = [[str(i), f"{i * 1.5 + 0.25:.2f}"] for i in range(60)]
+    path = write_csv(tmp_path / "t.csv", ["x", "y"], rows)
+    clean = prepared(train_csv=path, target="y", val_fraction=0.1)
+    dm = prepared(train_csv=path, target="y", val_fraction=0.1, noise="label", noise_rate=0.2)
+    mask = dm.noisy_mask
+    assert mask.sum() == round(0.2 * 54)
+    before, after = torch.tensor(clean.row_columns()["target"]), torch.tensor(dm.row_columns()["target"])
+    assert torch.equal(before != after, mask)
+    assert sorted(after[mask].tolist()) == sorted(before[mask].tolist())  # values moved among the noisy rows
+    torch.testing.assert_close(dm.train_set.tensors[1], clean.train_set.tensors[1][torch.tensor(
+        [before.tolist().index(v) for v in after.tolist()])])
+
+    mixed = prepared(train_csv=path, target="y", val_fraction=0.1, noise="mixed", noise_rate=0.2)
+    assert mixed.noisy_mask.sum() == 11 and dm.num_outputs == 1
+
+
+def test_noise_functions_directly():
+    targets = torch.arange(10.0)[:, None]
+    swapped, mask = swap_targets(targets, 0.5, seed=2)
+    assert mask.sum() == 5 and torch.equal((swapped != targets).flatten(), mask)
+    features = torch.zeros(10, 3)
+    x, y, mask = inject_noise("none", features, targets, 0.5)
+    assert x is features and y is targets and not mask.any()
+    with pytest.raises(ValueError, match="noise kind must be one of"):
+        inject_noise("gaussian", features, targets, 0.5)
+
+
+def test_builtin_digits_and_diabetes():
+    digits = prepared(builtin="digits")
+    assert len(digits.train_set) + len(digits.val_set) == 1797 and len(digits.val_set) == round(0.1 * 1797)
+    assert (digits.num_features, digits.num_outputs, digits.task) == (64, 10, "classification")
+    assert digits.feature_names[0] == "pixel_0_0" and digits.classes == [str(i) for i in range(10)]
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes()
+    diabetes = prepared(builtin="diabetes", id_column="age", val_fraction=0.2)
+    assert (diabetes.task, diabetes.num_outputs, diabetes.num_features) == ("regression", 1, 9)
+    columns = diabetes.row_columns()
+    assert len(columns["row"]) + len(diabetes.val_set) == 442
+    assert columns["target"] == [bunch.target[r] for r in columns["row"]]
+    assert columns["id"] == [str(bunch.data[r, 0]) for r in columns["row"]]
+
+
+class TinyNet(L.LightningModule):
+    def __init__(self, num_features: int, num_outputs: int):
+        super().__init__()
+        self.net = nn.Linear(num_features, num_outputs)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_acc", (self.net(x).argmax(-1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.1)
+
+
+def test_fits_with_a_real_trainer(tmp_path):
+    dm = TabularDataModule(train_csv=write_csv(tmp_path / "t.csv", HEADER, animal_rows(200)), target="label",
+                           id_column="id", batch_size=16)
+    dm.prepare()  # the shapes are known before the model is built
+    model = TinyNet(dm.num_features, dm.num_outputs)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    assert trainer.state.finished
+    assert trainer.global_step == math.ceil(180 / 16)
+    assert trainer.callback_metrics["val_acc"] > 0.8  # size decides the label; one epoch learns it
