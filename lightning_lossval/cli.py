@@ -55,12 +55,22 @@ class LossValCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def _data_error(error: BaseException | None) -> DataError | None:
+    """The DataError behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
+    while error is not None and not isinstance(error, DataError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lossval`` console script."""
     try:
         LossValCLI(args=args)
-    except DataError as error:
-        print(f"lossval: error: {error}", file=sys.stderr)
+    except Exception as error:
+        data_error = _data_error(error)
+        if data_error is None:
+            raise
+        print(f"lossval: error: {data_error}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -127,6 +127,15 @@ def test_bad_csv_gets_a_clear_message_and_exit_status_2(tmp_path, capsys, case, 
     assert "Traceback" not in err
 
 
+def test_bad_option_value_raised_while_instantiating(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, "default.yaml", "--data.noise", "bogus")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lossval: error: --data.noise must be one of none, label, feature, mixed")
+    assert "Traceback" not in err
+
+
 def test_unknown_config_key_and_the_console_script(tmp_path):
     (tmp_path / "bad.yaml").write_text("lossval:\n  learning_rate: 0.1\n")
     command = [sys.executable, "-m", "lightning_lossval.cli", "fit", "--config", str(CONFIGS / "default.yaml"),
