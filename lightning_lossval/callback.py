@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -13,7 +14,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_lossval.data import BATCH_HOOKS, Indexed, IndexedDataset, on_inner_batch
@@ -21,6 +22,7 @@ from lightning_lossval.errors import DataError
 from lightning_lossval.functional import ObjectiveConfig, lossval_objective, resolve_config
 from lightning_lossval.metrics import detection_report
 from lightning_lossval.mixin import WEIGHTS, LossValMixin
+from lightning_lossval.weights import GROUP_NAME, DenseWeights, SparseWeights
 from lightning_lossval.report import (
     atomic_write,
     detection_figure,
@@ -30,7 +32,7 @@ from lightning_lossval.report import (
     values_table,
 )
 
-GROUP_NAME = "lossval_weights"
+SPARSE_AUTO_THRESHOLD = 100_000  # sparse=None: the sparse store from this many training samples on
 INDEX_HELP = "wrap your DataModule in IndexedDataModule(...) or your train DataLoader in index_dataloader(...)"
 
 
@@ -48,14 +50,20 @@ class LossValCallback(Callback):
 
     What it does, in hook order:
 
-    - ``setup``: registers ``lossval_weights`` (``N`` ones) as a parameter of the module, before
-      any strategy wraps it, so DDP broadcasts it and all-reduces its gradient; wraps the
+    - ``setup``: creates ``N`` weights (ones) in one of two stores (see ``sparse``); wraps the
       module's ``training_step`` so that it gets the batch without indices while
       :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the LossVal objective.
-    - ``on_fit_start``: moves the weights into the user's optimizer as their own param group
-      named ``"lossval_weights"`` (learning rate ``lr``, no weight decay), taking them out of the
-      user's groups if ``self.parameters()`` swept them in. The user's LR schedulers do not see
-      this group: its learning rate stays ``lr``. Computes the validation features once.
+      Refuses strategies it cannot keep correct (FSDP, DeepSpeed, ``ddp_spawn``/``ddp_fork``).
+    - dense store (the paper's way): the weights are the module parameter ``lossval_weights``,
+      registered before any strategy wraps the module, so DDP broadcasts it and all-reduces its
+      gradient. ``on_fit_start`` moves it into the user's optimizer as its own param group named
+      ``"lossval_weights"`` (learning rate ``lr``, no weight decay), out of the user's groups if
+      ``self.parameters()`` swept it in. The user's LR schedulers and gradient clipping do not
+      see this group: its learning rate stays ``lr`` and its gradient is not clipped.
+    - sparse store: the callback holds the weights; at each optimizer step the batch's
+      ``(index, gradient)`` pairs are gathered from all ranks and a per-sample Adam moves those
+      samples only. Per-step cost depends on the batch, not on ``N``.
+    - ``on_fit_start`` also computes the validation features once.
     - every ``log_every_n_steps`` and at each epoch end (rank zero): a weight histogram and the
       scalars ``lossval/weight_mean``, ``_std``, ``_min`` and ``_frac_below_init``; at epoch ends,
       when the noisy rows are known, ``lossval/detection_f1``, ``f1_at_noise_rate``, ``auroc`` and
@@ -69,8 +77,8 @@ class LossValCallback(Callback):
     ``id``, ``target``), ``prediction`` if the module has ``lossval_predict(batch)`` (decoded by
     the DataModule's ``format_target`` if present), ``noisy`` when known, and ``value``.
 
-    The weights are module parameters, so checkpoints hold them, and resuming restores them with
-    the optimizer state of their group.
+    Checkpoints hold the weights and their optimizer state (dense: module parameter and optimizer
+    group; sparse: this callback's state), so resuming, also mid-epoch, continues exactly.
 
     Args:
         val_data: the validation set the batches are compared with. A ``[V, ...]`` tensor of
@@ -87,6 +95,9 @@ class LossValCallback(Callback):
         noisy_mask: ``[N]`` bool, the rows known to be corrupted (default: the DataModule's
             ``noisy_mask`` attribute, if any); enables the detection metrics.
         show: how many of the lowest-valued rows to print and log as text at the end of fit.
+        sparse: ``False``: dense store in the user's optimizer (reproduces the paper, including
+            Adam moving samples outside the batch); ``True``: sparse store with its own lazy Adam
+            (``lr``, betas 0.9/0.999); ``None``: sparse from 100,000 training samples on.
     """
 
     def __init__(
@@ -100,6 +111,7 @@ class LossValCallback(Callback):
         export: bool = True,
         noisy_mask: Tensor | None = None,
         show: int = 10,
+        sparse: bool | None = None,
     ) -> None:
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
@@ -112,10 +124,11 @@ class LossValCallback(Callback):
         self.export = export
         self.noisy_mask = noisy_mask
         self.show = show
+        self.sparse = sparse
         self.columns: dict[str, list] = {}
         self.in_training_step = False
         self.values_path: Path | None = None
-        self._weights: nn.Parameter | None = None
+        self._store: DenseWeights | SparseWeights | None = None
         self._val_features: Tensor | None = None
         self._step: Indexed | None = None
         self._objective_calls = 0
@@ -127,9 +140,9 @@ class LossValCallback(Callback):
     @property
     def values(self) -> Tensor:
         """The learned weights, ``[N]`` on the CPU, aligned with the training dataset's indices."""
-        if self._weights is None:
+        if self._store is None:
             raise RuntimeError("no values yet: call trainer.fit(...) with this callback first")
-        return self._weights.detach().float().cpu().clone()
+        return self._store.values().detach().float().cpu().clone()
 
     def table(self) -> list[dict[str, Any]]:
         """The rows of ``values.csv``: lowest value first, with the known per-sample columns."""
@@ -157,21 +170,15 @@ class LossValCallback(Callback):
                 f"{type(pl_module).__name__} does not provide per-sample losses: add LossValMixin as its first base "
                 "class and reduce the per-sample losses in training_step with self.lossval_loss(losses)"
             )
+        _check_strategy(trainer)
         n = self.num_samples if self.num_samples is not None else _count_train_samples(trainer)
-        weights = pl_module._parameters.get(WEIGHTS)
-        if weights is None:
-            weights = nn.Parameter(torch.ones(n, device=pl_module.device))
-            pl_module.register_parameter(WEIGHTS, weights)
-        elif weights.numel() != n:
-            raise ValueError(f"{type(pl_module).__name__} already has {weights.numel()} LossVal weights but the data has {n} samples")
-        self._weights = weights
+        sparse = self.sparse if self.sparse is not None else n >= SPARSE_AUTO_THRESHOLD
+        self._store = SparseWeights(n, self.lr) if sparse else DenseWeights(pl_module, n, self.lr)
         pl_module._lossval_callback = self
-        pl_module.training_step = functools.wraps(pl_module.training_step)(
-            functools.partial(self._training_step, pl_module.training_step)
-        )
-        pl_module.lr_scheduler_step = functools.wraps(pl_module.lr_scheduler_step)(
-            functools.partial(_without_weights_group, pl_module.lr_scheduler_step)
-        )
+        for name, wrapper in (("training_step", self._training_step), ("lr_scheduler_step", _scheduler_step_alone),
+                              ("configure_gradient_clipping", _clipping_alone)):
+            method = getattr(pl_module, name)
+            setattr(pl_module, name, functools.wraps(method)(functools.partial(wrapper, method)))
         for name in BATCH_HOOKS:
             if is_overridden(name, pl_module):
                 setattr(pl_module, name, on_inner_batch(getattr(pl_module, name)))
@@ -179,17 +186,22 @@ class LossValCallback(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for name in ("training_step", "lr_scheduler_step", "_lossval_callback", *BATCH_HOOKS):
+        for name in ("training_step", "lr_scheduler_step", "configure_gradient_clipping", "_lossval_callback",
+                     *BATCH_HOOKS):
             pl_module.__dict__.pop(name, None)
         self._step = None
         self.in_training_step = False
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._add_param_group(trainer)
+        self._store.start(trainer, self._optimizer(trainer))
         self._val_features = self._validation_features(trainer, pl_module)
         self._noisy = self._noisy_mask(trainer)
         self._checked_shapes = False
         self._last_logged_step = -1
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if optimizer is self._optimizer(trainer):
+            self._store.step(trainer)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
@@ -214,8 +226,18 @@ class LossValCallback(Callback):
         self._report(trainer)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"num_samples": None if self._weights is None else self._weights.numel(), "lr": self.lr,
-                "objective": dataclasses.asdict(self.config)}
+        if self._store is None:
+            return {}
+        return {"num_samples": self._store.numel(), "sparse": self._store.sparse, "lr": self.lr,
+                "objective": dataclasses.asdict(self.config), "store": self._store.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._store is None or "store" not in state_dict:
+            return
+        if state_dict["sparse"] != self._store.sparse:
+            kind = "sparse" if state_dict["sparse"] else "dense"
+            raise ValueError(f"the checkpoint was trained with the {kind} weight store: resume with sparse={state_dict['sparse']}")
+        self._store.load_state_dict(state_dict["store"])
 
     # ------------------------------------------------------------------ the step
     def _training_step(self, step: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
@@ -247,11 +269,11 @@ class LossValCallback(Callback):
         if not self._checked_shapes:
             self._check_batch(index, features)
         self._objective_calls += 1
-        weights = self._weights[index.to(self._weights.device)]
+        weights = self._store.select(index)
         return lossval_objective(weights, losses, features, self._val_features, self.config)
 
     def _check_batch(self, index: Tensor, features: Tensor) -> None:
-        n = self._weights.numel()
+        n = self._store.numel()
         if index.dtype != torch.long or index.dim() != 1 or int(index.min()) < 0 or int(index.max()) >= n:
             raise DataError(f"sample indices must be a [B] long tensor within [0, {n}); got {index!r}: {INDEX_HELP}")
         if features.shape[1] != self._val_features.shape[1]:
@@ -263,17 +285,13 @@ class LossValCallback(Callback):
         self._checked_shapes = True
 
     # ------------------------------------------------------------------ fit start
-    def _add_param_group(self, trainer: Trainer) -> None:
+    def _optimizer(self, trainer: Trainer) -> Any:
         if len(trainer.optimizers) <= self.optimizer_index:
             raise ValueError(
-                f"LossVal puts the weights into optimizer {self.optimizer_index} but configure_optimizers returned "
+                f"LossVal uses optimizer {self.optimizer_index} but configure_optimizers returned "
                 f"{len(trainer.optimizers)}; return an optimizer or set optimizer_index"
             )
-        optimizer = trainer.optimizers[self.optimizer_index]
-        for group in optimizer.param_groups:
-            group["params"] = [p for p in group["params"] if p is not self._weights]
-        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
-        optimizer.add_param_group({"params": [self._weights], "lr": self.lr, "weight_decay": 0.0, "name": GROUP_NAME})
+        return trainer.optimizers[self.optimizer_index]
 
     def _validation_features(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
         data = self.val_data
@@ -308,8 +326,8 @@ class LossValCallback(Callback):
         if mask is None:
             return None
         mask = torch.as_tensor(mask).bool().cpu().flatten()
-        if mask.numel() != self._weights.numel():
-            raise DataError(f"noisy_mask has {mask.numel()} entries but there are {self._weights.numel()} training samples")
+        if mask.numel() != self._store.numel():
+            raise DataError(f"noisy_mask has {mask.numel()} entries but there are {self._store.numel()} training samples")
         return mask
 
     # ------------------------------------------------------------------ report
@@ -326,7 +344,7 @@ class LossValCallback(Callback):
 
     def _report(self, trainer: Trainer) -> None:
         rows = self.table()[: self.show]
-        n = self._weights.numel()
+        n = self._store.numel()
         lines = [f"\nLossVal: the {len(rows)} lowest-valued of {n} training samples (lowest first)", format_table(rows)]
         metrics = detection_report(self.values, self._noisy) if self._noisy is not None else None
         if metrics:
@@ -386,16 +404,45 @@ def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_si
     return torch.cat(parts)
 
 
-def _without_weights_group(scheduler_step: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run ``lr_scheduler_step`` with the weights' group hidden, so schedulers neither crash on
-    it (LambdaLR, OneCycleLR keep per-group lists built before it existed) nor change its lr."""
-    optimizer = scheduler.optimizer
+@contextlib.contextmanager
+def _weights_group_hidden(optimizer: Any):
+    """Take the dense weights' param group out of ``optimizer.param_groups`` for a moment."""
     groups = optimizer.param_groups
     optimizer.param_groups = [g for g in groups if g.get("name") != GROUP_NAME]
     try:
-        return scheduler_step(scheduler, *args, **kwargs)
+        yield
     finally:
         optimizer.param_groups = groups
+
+
+def _scheduler_step_alone(scheduler_step: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+    """``lr_scheduler_step`` without the weights' group: schedulers built before it existed
+    neither crash on it (LambdaLR, OneCycleLR keep per-group lists) nor change its lr."""
+    with _weights_group_hidden(scheduler.optimizer):
+        return scheduler_step(scheduler, *args, **kwargs)
+
+
+def _clipping_alone(configure_gradient_clipping: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+    """``configure_gradient_clipping`` on the network's gradients only, not the weights'."""
+    with _weights_group_hidden(optimizer):
+        return configure_gradient_clipping(optimizer, *args, **kwargs)
+
+
+def _check_strategy(trainer: Trainer) -> None:
+    """Refuse the strategies whose wrapping or process model would silently break the weights."""
+    strategy = trainer.strategy
+    name = type(strategy).__name__
+    if "FSDP" in name or "DeepSpeed" in name or "ModelParallel" in name:
+        raise ValueError(
+            f"LossValCallback does not support {name}: it shards or re-wraps parameters, so the per-sample weights "
+            "would not stay one consistent tensor. Use strategy='ddp' (or a single device)."
+        )
+    if getattr(strategy, "_start_method", "popen") != "popen":
+        raise ValueError(
+            f"LossValCallback does not support strategy '{strategy.strategy_name}' ({strategy._start_method} start "
+            "method): the weights learned in the worker processes would not reach this one. Use strategy='ddp', which "
+            "re-runs your script for each process (or launch it with torchrun)."
+        )
 
 
 def _finite_or_raise(values: Tensor, when: str) -> Tensor:

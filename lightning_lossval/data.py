@@ -82,13 +82,47 @@ class EpochRandomSampler(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
+class IndexedDataLoader(DataLoader):
+    """A ``DataLoader`` that can resume in the middle of an epoch.
+
+    Lightning stores ``state_dict()`` (the batches delivered so far in this epoch) in checkpoints
+    and hands it back to ``load_state_dict`` on resume; the next epoch's iteration then skips
+    the batches that were already trained on. With the epoch-seeded order of
+    :class:`EpochRandomSampler` (or Lightning's ``DistributedSampler``) a run killed mid-epoch
+    and resumed sees exactly the batches an uninterrupted run would.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._delivered = 0
+        self._skip = 0
+
+    def __iter__(self):
+        skip = self._skip if self._skip < len(self) else 0  # a state saved at epoch end starts afresh
+        self._skip, self._delivered = 0, 0
+        return self._iterate(super().__iter__(), skip)
+
+    def _iterate(self, batches, skip: int):
+        for batch in batches:
+            self._delivered += 1
+            if self._delivered > skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"delivered": self._delivered}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self._skip = int(state_dict["delivered"])
+
+
 def default_seed() -> int:
     """The seed of ``lightning.seed_everything`` if it was called, else 0."""
     return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
 
 def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
-    """A copy of a training ``DataLoader`` whose batches are ``Indexed(index, batch)``.
+    """A copy of a training ``DataLoader`` whose batches are ``Indexed(index, batch)``, resumable
+    mid-epoch (:class:`IndexedDataLoader`).
 
     Batch size, workers, ``drop_last``, ``collate_fn`` (applied to the samples as before) and a
     custom sampler or batch sampler are kept; a plain shuffling ``RandomSampler`` becomes an
@@ -116,11 +150,12 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
         persistent_workers=loader.persistent_workers,
     )
     if loader.batch_size is None:  # a custom batch sampler decides the batches
-        return DataLoader(dataset, batch_sampler=loader.batch_sampler, **common)
+        return IndexedDataLoader(dataset, batch_sampler=loader.batch_sampler, **common)
     sampler = loader.sampler
     if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
         sampler = EpochRandomSampler(dataset, default_seed() if seed is None else seed)
-    return DataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last, **common)
+    return IndexedDataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
+                             **common)
 
 
 def on_inner_batch(hook: Callable) -> Callable:

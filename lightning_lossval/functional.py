@@ -196,3 +196,39 @@ def lossval_objective(
         backend=config.backend,
     )
     return loss * ot**config.ot_exponent
+
+
+def coalesce(index: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum ``values`` ``[K]`` that share an ``index`` ``[K]``: returns ``(unique_index, summed)``."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    return unique, torch.zeros(len(unique), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
+
+
+@torch.no_grad()
+def sparse_adam_step(
+    weights: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    steps: Tensor,
+    index: Tensor,
+    grad: Tensor,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
+    """Adam on the rows ``index`` only (distinct indices), in place; other rows do not move.
+
+    ``weights``, ``exp_avg``, ``exp_avg_sq``: ``[N]`` float; ``steps``: ``[N]`` per-sample step
+    counts for the bias correction, so a sample's update depends only on the steps that saw it.
+    """
+    beta1, beta2 = betas
+    t = steps[index] + 1
+    steps[index] = t
+    m = exp_avg[index].mul_(beta1).add_(grad, alpha=1 - beta1)
+    v = exp_avg_sq[index].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    exp_avg[index], exp_avg_sq[index] = m, v
+    t = t.to(weights.dtype)
+    m_hat = m / (1 - beta1**t)
+    v_hat = v / (1 - beta2**t)
+    weights[index] -= lr * m_hat / (v_hat.sqrt() + eps)

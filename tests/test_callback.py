@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.functional.classification import binary_auroc
 
 from lightning_lossval import IndexedDataModule, LossValCallback
-from lightning_lossval.callback import GROUP_NAME
+from lightning_lossval.weights import GROUP_NAME
 
 
 def fit(tmp_path, model=None, data=None, epochs=3, callback=None, ckpt_path=None, **trainer_args):
