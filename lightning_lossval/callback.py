@@ -30,6 +30,8 @@ from lightning_lossval.report import (
     format_table,
     table_csv,
     values_table,
+    weight_histogram,
+    weight_stats,
 )
 
 SPARSE_AUTO_THRESHOLD = 100_000  # sparse=None: the sparse store from this many training samples on
@@ -87,7 +89,6 @@ class LossValCallback(Callback):
             DataModule's ``val_dataloader``.
         lr: learning rate of the weights (paper: 0.01, the same Adam as the network).
         objective: a preset name (``"paper"``), an :class:`ObjectiveConfig` or a dict of its fields.
-        num_samples: number of training samples; by default the length of the training dataset.
         optimizer_index: which of the module's optimizers gets the weights.
         log_every_n_steps: histogram and scalar cadence in optimizer steps (default: the
             Trainer's ``log_every_n_steps``); 0 logs at epoch ends only.
@@ -105,7 +106,6 @@ class LossValCallback(Callback):
         val_data: Tensor | Dataset | DataLoader | tuple | None = None,
         lr: float = 0.01,
         objective: str | ObjectiveConfig | dict = "paper",
-        num_samples: int | None = None,
         optimizer_index: int = 0,
         log_every_n_steps: int | None = None,
         export: bool = True,
@@ -118,7 +118,6 @@ class LossValCallback(Callback):
         self.val_data = val_data
         self.lr = lr
         self.config = resolve_config(objective)
-        self.num_samples = num_samples
         self.optimizer_index = optimizer_index
         self.log_every_n_steps = log_every_n_steps
         self.export = export
@@ -171,7 +170,7 @@ class LossValCallback(Callback):
                 "class and reduce the per-sample losses in training_step with self.lossval_loss(losses)"
             )
         _check_strategy(trainer)
-        n = self.num_samples if self.num_samples is not None else _count_train_samples(trainer)
+        n = _count_train_samples(trainer)
         sparse = self.sparse if self.sparse is not None else n >= SPARSE_AUTO_THRESHOLD
         self._store = SparseWeights(n, self.lr) if sparse else DenseWeights(pl_module, n, self.lr)
         pl_module._lossval_callback = self
@@ -345,13 +344,15 @@ class LossValCallback(Callback):
     def _report(self, trainer: Trainer) -> None:
         rows = self.table()[: self.show]
         n = self._store.numel()
-        lines = [f"\nLossVal: the {len(rows)} lowest-valued of {n} training samples (lowest first)", format_table(rows)]
+        lines = [f"\nLossVal: the {len(rows)} lowest-valued of {n} training samples (lowest first)",
+                 format_table(rows)] if rows else []
         metrics = detection_report(self.values, self._noisy) if self._noisy is not None else None
         if metrics:
             lines.append(f"detection of the {int(self._noisy.sum())} known noisy samples: {format_metrics(metrics)}")
         if self.values_path is not None:
             lines.append(f"values of all samples: {self.values_path}")
-        print("\n".join(lines), flush=True)
+        if lines:
+            print("\n".join(lines), flush=True)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and rows:
                 logger.experiment.add_text("lossval/lowest_rows", format_table(rows, markdown=True), trainer.global_step)
@@ -366,24 +367,19 @@ class LossValCallback(Callback):
         if not trainer.is_global_zero or step == self._last_logged_step:
             return
         self._last_logged_step = step
-        w = self.values
-        metrics = {
-            "lossval/weight_mean": w.mean().item(),
-            "lossval/weight_std": w.std().item() if w.numel() > 1 else 0.0,
-            "lossval/weight_min": w.min().item(),
-            "lossval/weight_frac_below_init": (w < 1.0).float().mean().item(),
-        }
+        w = self._store.values().detach().float()  # on its device: no copy of all N weights
+        metrics = weight_stats(w)
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=step)
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_histogram("lossval/weights", w, step)
+                logger.experiment.add_histogram_raw("lossval/weights", global_step=step, **weight_histogram(w))
 
 
 def _count_train_samples(trainer: Trainer) -> int:
     """Length of the training dataset, read from the loader that fit will use."""
     source = trainer.fit_loop._data_source  # the loader or DataModule given to fit
     if not source.is_defined():
-        raise ValueError("LossValCallback found no train dataloader; pass num_samples= or give fit a training loader")
+        raise ValueError("LossValCallback found no train dataloader: give fit a training DataLoader or DataModule")
     loader = source.dataloader()
     if not isinstance(loader, DataLoader) or not isinstance(loader.dataset, IndexedDataset):
         raise TypeError(f"the train dataloader does not carry sample indices: {INDEX_HELP}")
@@ -439,9 +435,9 @@ def _check_strategy(trainer: Trainer) -> None:
         )
     if getattr(strategy, "_start_method", "popen") != "popen":
         raise ValueError(
-            f"LossValCallback does not support strategy '{strategy.strategy_name}' ({strategy._start_method} start "
-            "method): the weights learned in the worker processes would not reach this one. Use strategy='ddp', which "
-            "re-runs your script for each process (or launch it with torchrun)."
+            f"LossValCallback does not support {name} with start method '{strategy._start_method}' (ddp_spawn, "
+            "ddp_fork, ddp_notebook): the weights learned in the worker processes would not reach this one. Use "
+            "strategy='ddp', which re-runs your script for each process (or launch it with torchrun)."
         )
 
 

@@ -124,8 +124,10 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_gradient_accumulation_updates_every_micro_batch(tmp_path):
-    _, _, cb = fit(tmp_path, epochs=1, accumulate_grad_batches=2, limit_train_batches=2)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_gradient_accumulation_updates_every_micro_batch(tmp_path, sparse):
+    _, _, cb = fit(tmp_path, epochs=1, accumulate_grad_batches=2, limit_train_batches=2,
+                   callback=LossValCallback(sparse=sparse))
     # one optimizer step over two micro-batches of 32: Adam moves exactly the weights that had a gradient
     assert int((cb.values != 1).sum()) == 64
 
@@ -228,3 +230,71 @@ def test_misuse_gets_a_clear_error(tmp_path, case, error, message):
         callback = LossValCallback(val_data=val)
     with pytest.raises(error, match=message):
         fit(tmp_path, model=model, data=data, callback=callback, epochs=1)
+
+
+def test_sparse_store_moves_only_the_batch_and_finds_the_noise(tmp_path):
+    data = BlobData()
+    _, model, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=1, limit_train_batches=1,
+                       callback=LossValCallback(sparse=True))
+    assert "lossval_weights" not in dict(model.named_parameters())  # outside the module and DDP
+    assert int((cb.values != 1).sum()) == 32  # one optimizer step: only that batch's samples moved
+    _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=5, callback=LossValCallback(sparse=True, lr=0.05))
+    assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
+
+
+def test_sparse_is_chosen_automatically_for_large_n(tmp_path):
+    from lightning_lossval.weights import DenseWeights, SparseWeights
+
+    _, _, cb = fit(tmp_path, data=IndexedDataModule(BlobData(n=100_000)), epochs=1, limit_train_batches=2,
+                   limit_val_batches=1)
+    assert isinstance(cb._store, SparseWeights) and int((cb.values != 1).sum()) == 64
+    _, _, cb = fit(tmp_path, data=IndexedDataModule(BlobData(n=99_999)), epochs=1, limit_train_batches=2,
+                   limit_val_batches=1)
+    assert isinstance(cb._store, DenseWeights)
+
+
+def test_bf16_mixed_keeps_the_weights_finite(tmp_path):
+    data = BlobData()
+    _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=5, precision="bf16-mixed")
+    assert torch.isfinite(cb.values).all()
+    assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
+
+
+def test_gradient_clipping_leaves_the_weights_gradient_alone(tmp_path):
+    # a tiny clip value would shrink every update if the weights' gradient were clipped with the network's
+    _, _, clipped = fit(tmp_path, epochs=1, limit_train_batches=1, gradient_clip_val=1e-6)
+    _, _, free = fit(tmp_path, epochs=1, limit_train_batches=1)
+    assert torch.equal(clipped.values, free.values)
+
+
+def test_spawned_processes_are_refused(tmp_path):
+    callback = LossValCallback()
+    args = dict(TRAINER_ARGS, max_epochs=1, logger=False, enable_checkpointing=False, devices=1, strategy="ddp_spawn")
+    with pytest.raises(Exception, match="ddp_spawn, ddp_fork, ddp_notebook.*Use strategy='ddp'"):
+        L.Trainer(callbacks=[callback], **args).fit(Net(), IndexedDataModule(BlobData()))
+
+
+def test_sharding_strategies_are_refused():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lightning_lossval.callback import _check_strategy
+
+    with pytest.raises(ValueError, match="does not support FSDPStrategy.*Use strategy='ddp'"):
+        _check_strategy(SimpleNamespace(strategy=FSDPStrategy()))  # FSDP itself needs a GPU to run
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    from lightning_lossval.report import atomic_write
+
+    path = tmp_path / "values.csv"
+    path.write_text("index,value\n0,1.0\n")
+
+    def crash(f):
+        f.write(b"index,value\n0,")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, crash)
+    assert path.read_text() == "index,value\n0,1.0\n" and list(tmp_path.iterdir()) == [path]

@@ -350,3 +350,39 @@ def test_invalid_config_values(fields, message):
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         PRESETS["paper"].blur = 1.0  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- sparse optimizer
+def test_sparse_adam_matches_torch_adam_on_the_rows_it_touches():
+    from lightning_lossval.functional import sparse_adam_step
+
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    reference = torch.nn.Parameter(torch.ones(n))
+    adam = torch.optim.Adam([reference], lr=0.01)
+    weights, m, v, steps = torch.ones(n), torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.int32)
+    for _ in range(5):  # every row in every step: plain Adam
+        grad = torch.randn(n, generator=g)
+        reference.grad = grad.clone()
+        adam.step()
+        sparse_adam_step(weights, m, v, steps, torch.arange(n), grad, lr=0.01)
+    assert torch.allclose(weights, reference.detach(), atol=1e-6)
+
+
+def test_sparse_adam_leaves_other_rows_alone_and_counts_steps_per_row():
+    from lightning_lossval.functional import sparse_adam_step
+
+    weights, m, v, steps = torch.ones(5), torch.zeros(5), torch.zeros(5), torch.zeros(5, dtype=torch.int32)
+    sparse_adam_step(weights, m, v, steps, torch.tensor([1, 3]), torch.tensor([2.0, -2.0]), lr=0.1)
+    sparse_adam_step(weights, m, v, steps, torch.tensor([3]), torch.tensor([-2.0]), lr=0.1)
+    assert weights[[0, 2, 4]].tolist() == [1.0, 1.0, 1.0] and m[[0, 2, 4]].abs().sum() == 0
+    assert steps.tolist() == [0, 1, 0, 2, 0]
+    # Adam's first steps move by ~lr whatever the gradient's scale
+    assert weights[1].item() == pytest.approx(0.9, abs=1e-5) and weights[3].item() == pytest.approx(1.2, abs=1e-5)
+
+
+def test_coalesce_sums_duplicates():
+    from lightning_lossval.functional import coalesce
+
+    index, summed = coalesce(torch.tensor([4, 1, 4, 2]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert index.tolist() == [1, 2, 4] and summed.tolist() == [2.0, 4.0, 4.0]
