@@ -253,9 +253,12 @@ def test_sparse_is_chosen_automatically_for_large_n(tmp_path):
     assert isinstance(cb._store, DenseWeights)
 
 
-def test_bf16_mixed_keeps_the_weights_finite(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
+def test_mixed_precision_keeps_the_weights_finite(tmp_path, precision, sparse):
     data = BlobData()
-    _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=5, precision="bf16-mixed")
+    _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=5, precision=precision,
+                   callback=LossValCallback(sparse=sparse))
     assert torch.isfinite(cb.values).all()
     assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
 
