@@ -7,6 +7,8 @@ so ``load_from_checkpoint`` rebuilds them without data.
 
 from __future__ import annotations
 
+import inspect
+
 import lightning as L
 import torch
 from torch import Tensor, nn
@@ -27,10 +29,16 @@ class TaskModule(LossValMixin, L.LightningModule):
 
     probabilities = False
 
-    def __init__(self, lr: float, task: str | None, num_inputs: int | None, num_outputs: int | None) -> None:
+    def __init__(self, lr: float) -> None:
         super().__init__()
         self.lr = lr
         self.net: nn.Module | None = None
+
+    def _build_if_sized(self) -> None:
+        """Build now when the sizes were given (or restored by ``load_from_checkpoint``)."""
+        self.save_hyperparameters(frame=inspect.currentframe().f_back)
+        if None not in (self.hparams.task, self.hparams.num_inputs, self.hparams.num_outputs):
+            self._build_from_hparams()
 
     def build(self, num_inputs: int, num_outputs: int, task: str) -> nn.Module:
         raise NotImplementedError
@@ -117,16 +125,14 @@ class MLP(TaskModule):
         num_inputs: int | None = None,
         num_outputs: int | None = None,
     ) -> None:
-        super().__init__(lr, task, num_inputs, num_outputs)
+        super().__init__(lr)
         if preset not in ("custom", "paper"):
             raise DataError(f"MLP preset must be 'custom' or 'paper', got {preset!r}")
         if activation not in ACTIVATIONS:
             raise DataError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if layers < 1:
             raise DataError(f"an MLP needs at least 1 layer, got {layers}")
-        self.save_hyperparameters()
-        if None not in (task, num_inputs, num_outputs):
-            self._build_from_hparams()
+        self._build_if_sized()
 
     def build(self, num_inputs: int, num_outputs: int, task: str) -> nn.Module:
         h = self.hparams
@@ -165,10 +171,8 @@ class CNN(TaskModule):
         num_inputs: int | None = None,
         num_outputs: int | None = None,
     ) -> None:
-        super().__init__(lr, task, num_inputs, num_outputs)
-        self.save_hyperparameters()
-        if None not in (task, num_inputs, num_outputs):
-            self._build_from_hparams()
+        super().__init__(lr)
+        self._build_if_sized()
 
     def build(self, num_inputs: int, num_outputs: int, task: str) -> nn.Module:
         shape = list(self.hparams.image_shape)

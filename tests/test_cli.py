@@ -15,6 +15,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from lightning_lossval import LossValCallback
 from lightning_lossval.cli import LossValCLI, main
+from lightning_lossval.models import MLP
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
@@ -47,6 +48,9 @@ def test_default_job_leaves_values_and_a_tensorboard_to_look_at(tmp_path, capsys
     assert "lossval/lowest_rows/text_summary" in tags["tensors"]
     assert "lossval/detection" in tags["images"]
     assert (log_dir / "config.yaml").exists()  # the resolved config, saved by LightningCLI
+    # the trained model comes back from its checkpoint without the data (sizes in its hyperparameters)
+    model = MLP.load_from_checkpoint(next((log_dir / "checkpoints").glob("*.ckpt")))
+    assert model(torch.randn(2, 64)).shape == (2, 10)
 
 
 def write_csv(path, header, rows):
