@@ -70,13 +70,21 @@ class StepClock(L.Callback):
 def step_times(n: int, sparse: bool, steps: int, devices: int, root: str) -> list[float]:
     L.seed_everything(0, verbose=False)
     clock = StepClock()
-    trainer = L.Trainer(max_steps=steps + 1, accelerator="cpu", devices=devices,
-                        strategy="ddp" if devices > 1 else "auto", limit_val_batches=0, default_root_dir=root,
-                        callbacks=[LossValCallback(sparse=sparse, export=False, show=0), clock],
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False)
+    trainer = L.Trainer(
+        max_steps=steps + 1,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        limit_val_batches=0,
+        default_root_dir=root,
+        callbacks=[LossValCallback(sparse=sparse, export=False, show=0), clock],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+    )
     trainer.fit(Tiny(), IndexedDataModule(Rows(n)))
     gaps = [b - a for a, b in zip(clock.starts, clock.starts[1:])]
-    return gaps[len(gaps) // 10:]  # drop the warm-up
+    return gaps[len(gaps) // 10 :]  # drop the warm-up
 
 
 def measure(n: int, sparse: bool, steps: int, devices: int) -> tuple[float, float]:
@@ -85,10 +93,20 @@ def measure(n: int, sparse: bool, steps: int, devices: int) -> tuple[float, floa
         with tempfile.TemporaryDirectory() as root:
             gaps = step_times(n, sparse, steps, devices, root)
         return statistics.fmean(gaps) * 1e3, statistics.median(gaps) * 1e3
-    command = [sys.executable, __file__, "--one", str(n), str(int(sparse)), "--steps", str(steps), "--devices",
-               str(devices)]
-    output = subprocess.run(command, capture_output=True, text=True, check=True,
-                            env=dict(os.environ, OMP_NUM_THREADS="1")).stdout
+    command = [
+        sys.executable,
+        __file__,
+        "--one",
+        str(n),
+        str(int(sparse)),
+        "--steps",
+        str(steps),
+        "--devices",
+        str(devices),
+    ]
+    output = subprocess.run(
+        command, capture_output=True, text=True, check=True, env=dict(os.environ, OMP_NUM_THREADS="1")
+    ).stdout
     mean, median = output.split("RESULT")[-1].split()[:2]
     return float(mean), float(median)
 
@@ -118,8 +136,10 @@ def main() -> None:
         mean, median = (statistics.median(r[i] for r in results) for i in (0, 1))
         base = statistics.median(r[0] for r in runs[sparse, args.sizes[0]])
         print(f"{'sparse' if sparse else 'dense':<7}{n:>10,}{mean:>16.2f}{median:>9.2f}{mean / base:>16.2f}")
-    print(f"({args.rounds} rounds of {args.steps} steps, batch 32 per process, devices={args.devices}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads)")
+    print(
+        f"({args.rounds} rounds of {args.steps} steps, batch 32 per process, devices={args.devices}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads)"
+    )
 
 
 if __name__ == "__main__":

@@ -53,8 +53,9 @@ class Digits(L.LightningDataModule):
 class MLP(LossValMixin, L.LightningModule):
     def __init__(self, inputs: int = 64, classes: int = 10, width: int = 100, lr: float = 0.01):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
-                                 nn.Linear(width, classes))
+        self.net = nn.Sequential(
+            nn.Linear(inputs, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, classes)
+        )
         self.lr = lr
 
     def forward(self, x):
@@ -91,8 +92,14 @@ def main() -> None:
     data = Digits(args.noise_rate, args.seed)
     model = MLP()
     lossval = LossValCallback()  # validation features: the DataModule's val_dataloader
-    trainer = L.Trainer(max_epochs=args.epochs, callbacks=[lossval], default_root_dir=args.root,
-                        log_every_n_steps=10, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        callbacks=[lossval],
+        default_root_dir=args.root,
+        log_every_n_steps=10,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(model, IndexedDataModule(data))
     test_acc = trainer.test(model, data, verbose=False)[0]["test_acc"]
 
@@ -105,10 +112,14 @@ def main() -> None:
         print(f"{i:>6} {values[i]:>9.4f} {given:>6} {true:>5}  {'yes' if noisy[i] else ''}")
     k = int(noisy.sum())
     found = int(noisy[values.argsort()[:k]].sum())
-    print(f"\n{int(noisy[lowest].sum())} of the {args.show} lowest-valued samples are noisy "
-          f"({100 * args.noise_rate:.0f}% of all samples are)")
-    print(f"{found} of the {k} noisy samples are among the {k} lowest-valued "
-          f"(precision {found / k:.2f}; random: {args.noise_rate:.2f})")
+    print(
+        f"\n{int(noisy[lowest].sum())} of the {args.show} lowest-valued samples are noisy "
+        f"({100 * args.noise_rate:.0f}% of all samples are)"
+    )
+    print(
+        f"{found} of the {k} noisy samples are among the {k} lowest-valued "
+        f"(precision {found / k:.2f}; random: {args.noise_rate:.2f})"
+    )
     print(f"AUROC of -value vs noisy: {binary_auroc(-values, noisy.int()).item():.3f}; test accuracy {test_acc:.3f}")
     print(f"values: {lossval.values_path}\nTensorBoard: tensorboard --logdir {args.root}")
 

@@ -21,8 +21,7 @@ from lightning_lossval.data import BATCH_HOOKS, Indexed, IndexedDataset, on_inne
 from lightning_lossval.errors import DataError
 from lightning_lossval.functional import ObjectiveConfig, lossval_objective, resolve_config
 from lightning_lossval.metrics import detection_report
-from lightning_lossval.mixin import WEIGHTS, LossValMixin
-from lightning_lossval.weights import GROUP_NAME, DenseWeights, SparseWeights
+from lightning_lossval.mixin import LossValMixin
 from lightning_lossval.report import (
     atomic_write,
     detection_figure,
@@ -33,6 +32,7 @@ from lightning_lossval.report import (
     weight_histogram,
     weight_stats,
 )
+from lightning_lossval.weights import GROUP_NAME, DenseWeights, SparseWeights
 
 SPARSE_AUTO_THRESHOLD = 100_000  # sparse=None: the sparse store from this many training samples on
 INDEX_HELP = "wrap your DataModule in IndexedDataModule(...) or your train DataLoader in index_dataloader(...)"
@@ -174,8 +174,11 @@ class LossValCallback(Callback):
         sparse = self.sparse if self.sparse is not None else n >= SPARSE_AUTO_THRESHOLD
         self._store = SparseWeights(n, self.lr) if sparse else DenseWeights(pl_module, n, self.lr)
         pl_module._lossval_callback = self
-        for name, wrapper in (("training_step", self._training_step), ("lr_scheduler_step", _scheduler_step_alone),
-                              ("configure_gradient_clipping", _clipping_alone)):
+        for name, wrapper in (
+            ("training_step", self._training_step),
+            ("lr_scheduler_step", _scheduler_step_alone),
+            ("configure_gradient_clipping", _clipping_alone),
+        ):
             method = getattr(pl_module, name)
             setattr(pl_module, name, functools.wraps(method)(functools.partial(wrapper, method)))
         for name in BATCH_HOOKS:
@@ -185,8 +188,13 @@ class LossValCallback(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        for name in ("training_step", "lr_scheduler_step", "configure_gradient_clipping", "_lossval_callback",
-                     *BATCH_HOOKS):
+        for name in (
+            "training_step",
+            "lr_scheduler_step",
+            "configure_gradient_clipping",
+            "_lossval_callback",
+            *BATCH_HOOKS,
+        ):
             pl_module.__dict__.pop(name, None)
         self._step = None
         self.in_training_step = False
@@ -227,15 +235,22 @@ class LossValCallback(Callback):
     def state_dict(self) -> dict[str, Any]:
         if self._store is None:
             return {}
-        return {"num_samples": self._store.numel(), "sparse": self._store.sparse, "lr": self.lr,
-                "objective": dataclasses.asdict(self.config), "store": self._store.state_dict()}
+        return {
+            "num_samples": self._store.numel(),
+            "sparse": self._store.sparse,
+            "lr": self.lr,
+            "objective": dataclasses.asdict(self.config),
+            "store": self._store.state_dict(),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._store is None or "store" not in state_dict:
             return
         if state_dict["sparse"] != self._store.sparse:
             kind = "sparse" if state_dict["sparse"] else "dense"
-            raise ValueError(f"the checkpoint was trained with the {kind} weight store: resume with sparse={state_dict['sparse']}")
+            raise ValueError(
+                f"the checkpoint was trained with the {kind} weight store: resume with sparse={state_dict['sparse']}"
+            )
         self._store.load_state_dict(state_dict["store"])
 
     # ------------------------------------------------------------------ the step
@@ -297,7 +312,9 @@ class LossValCallback(Callback):
         if data is None:
             datamodule = trainer.datamodule
             if datamodule is None or not is_overridden("val_dataloader", datamodule):
-                raise DataError("LossValCallback needs validation data: pass val_data=... or use a DataModule with a val_dataloader")
+                raise DataError(
+                    "LossValCallback needs validation data: pass val_data=... or use a DataModule with a val_dataloader"
+                )
             data = datamodule.val_dataloader()
         if isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
             data = torch.utils.data.TensorDataset(*data)
@@ -326,7 +343,9 @@ class LossValCallback(Callback):
             return None
         mask = torch.as_tensor(mask).bool().cpu().flatten()
         if mask.numel() != self._store.numel():
-            raise DataError(f"noisy_mask has {mask.numel()} entries but there are {self._store.numel()} training samples")
+            raise DataError(
+                f"noisy_mask has {mask.numel()} entries but there are {self._store.numel()} training samples"
+            )
         return mask
 
     # ------------------------------------------------------------------ report
@@ -344,8 +363,11 @@ class LossValCallback(Callback):
     def _report(self, trainer: Trainer) -> None:
         rows = self.table()[: self.show]
         n = self._store.numel()
-        lines = [f"\nLossVal: the {len(rows)} lowest-valued of {n} training samples (lowest first)",
-                 format_table(rows)] if rows else []
+        lines = (
+            [f"\nLossVal: the {len(rows)} lowest-valued of {n} training samples (lowest first)", format_table(rows)]
+            if rows
+            else []
+        )
         metrics = detection_report(self.values, self._noisy) if self._noisy is not None else None
         if metrics:
             lines.append(f"detection of the {int(self._noisy.sum())} known noisy samples: {format_metrics(metrics)}")
@@ -355,7 +377,9 @@ class LossValCallback(Callback):
             print("\n".join(lines), flush=True)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger) and rows:
-                logger.experiment.add_text("lossval/lowest_rows", format_table(rows, markdown=True), trainer.global_step)
+                logger.experiment.add_text(
+                    "lossval/lowest_rows", format_table(rows, markdown=True), trainer.global_step
+                )
                 if self._noisy is not None:
                     figure = detection_figure(self.values, self._noisy)
                     logger.experiment.add_figure("lossval/detection", figure, trainer.global_step)

@@ -136,7 +136,9 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
     if isinstance(loader.dataset, IndexedDataset):
         return loader
     if loader.batch_size is None and loader.batch_sampler is None:
-        raise ValueError("the training DataLoader has automatic batching disabled (batch_size=None); give it a batch_size")
+        raise ValueError(
+            "the training DataLoader has automatic batching disabled (batch_size=None); give it a batch_size"
+        )
     dataset = IndexedDataset(loader.dataset)
     common = dict(
         num_workers=loader.num_workers,
@@ -154,8 +156,9 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
     sampler = loader.sampler
     if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
         sampler = EpochRandomSampler(dataset, default_seed() if seed is None else seed)
-    return IndexedDataLoader(dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last,
-                             **common)
+    return IndexedDataLoader(
+        dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last, **common
+    )
 
 
 def on_inner_batch(hook: Callable) -> Callable:

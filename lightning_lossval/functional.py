@@ -147,7 +147,9 @@ def sinkhorn_distance(
     check (the paper preset relies on that). Non-positive masses count as empty.
     """
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"x and y must be [N, D] and [M, D] with the same D, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"x and y must be [N, D] and [M, D] with the same D, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     a = torch.ones(x.shape[0], device=x.device) if a is None else a
     b = torch.ones(y.shape[0], device=y.device) if b is None else b
     if diameter is None:

@@ -59,8 +59,9 @@ class TaskModule(LossValMixin, L.LightningModule):
                 f"{type(self).__name__} takes its sizes from the DataModule, which lacks {missing}; give "
                 "num_inputs, num_outputs and task to the model, or use TabularDataModule"
             )
-        self.hparams.update(num_inputs=datamodule.num_features, num_outputs=datamodule.num_outputs,
-                            task=datamodule.task)
+        self.hparams.update(
+            num_inputs=datamodule.num_features, num_outputs=datamodule.num_outputs, task=datamodule.task
+        )
         self._build_from_hparams()
 
     def forward(self, x: Tensor) -> Tensor:

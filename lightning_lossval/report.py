@@ -12,8 +12,12 @@ from torch import Tensor
 
 from lightning_lossval.metrics import discovery_curve
 
-METRIC_NAMES = {"detection_f1": "F1 (2-means)", "f1_at_noise_rate": "F1 at the noise rate", "auroc": "AUROC",
-                "average_precision": "average precision"}
+METRIC_NAMES = {
+    "detection_f1": "F1 (2-means)",
+    "f1_at_noise_rate": "F1 at the noise rate",
+    "auroc": "AUROC",
+    "average_precision": "average precision",
+}
 
 
 def values_table(values: Tensor, columns: dict[str, list] | None = None) -> list[dict[str, Any]]:
@@ -48,8 +52,15 @@ def weight_histogram(weights: Tensor, bins: int = 64) -> dict[str, Any]:
     else:
         counts = torch.histc(weights, bins=bins, min=low, max=high).tolist()
         limits = torch.linspace(low, high, bins + 1)[1:].tolist()
-    return {"min": low, "max": high, "num": weights.numel(), "sum": weights.sum().item(),
-            "sum_squares": weights.pow(2).sum().item(), "bucket_limits": limits, "bucket_counts": counts}
+    return {
+        "min": low,
+        "max": high,
+        "num": weights.numel(),
+        "sum": weights.sum().item(),
+        "sum_squares": weights.pow(2).sum().item(),
+        "bucket_limits": limits,
+        "bucket_counts": counts,
+    }
 
 
 def _cell(value: Any) -> str:
@@ -103,8 +114,13 @@ def detection_figure(values: Tensor, noisy: Tensor):
     rate = noisy.float().mean().item()
     right.plot([0, 1], [0, 1], "--", color="gray", label="random order")
     right.plot([0, rate, 1], [0, 1, 1], ":", color="black", label="perfect")
-    right.set(xlabel="fraction of rows inspected", ylabel="fraction of noisy rows found",
-              title="discovery curve", xlim=(0, 1), ylim=(0, 1.02))
+    right.set(
+        xlabel="fraction of rows inspected",
+        ylabel="fraction of noisy rows found",
+        title="discovery curve",
+        xlim=(0, 1),
+        ylim=(0, 1.02),
+    )
     right.legend(loc="lower right")
     figure.tight_layout()
     return figure

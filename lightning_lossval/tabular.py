@@ -360,9 +360,7 @@ def _same_columns(val: _Table, train: _Table) -> _Table:
     return val._replace(header=train.header, rows=[[row[i] for i in order] for row in val.rows])
 
 
-def _handle_missing(
-    train: _Table, val: _Table | None, columns: list[str], mode: str
-) -> tuple[_Table, _Table | None]:
+def _handle_missing(train: _Table, val: _Table | None, columns: list[str], mode: str) -> tuple[_Table, _Table | None]:
     tables = [t for t in (train, val) if t is not None]
     bad = [_missing_rows(t, columns) for t in tables]
     if mode == "error" and any(bad):

@@ -38,7 +38,9 @@ class DenseWeights:
             weights = nn.Parameter(torch.ones(n, device=pl_module.device))
             pl_module.register_parameter(WEIGHTS, weights)
         elif weights.numel() != n:
-            raise ValueError(f"{type(pl_module).__name__} already has {weights.numel()} LossVal weights but the data has {n} samples")
+            raise ValueError(
+                f"{type(pl_module).__name__} already has {weights.numel()} LossVal weights but the data has {n} samples"
+            )
         self.weights = weights
         self.lr = lr
 
@@ -115,8 +117,17 @@ class SparseWeights:
         if not torch.isfinite(grad).all():
             return  # an overflowing fp16 step, which the GradScaler skips for the network too
         index, grad = coalesce(index, grad)
-        sparse_adam_step(self.weights, self.exp_avg, self.exp_avg_sq, self.steps, index, grad,
-                         lr=self.lr, betas=self.betas, eps=self.eps)
+        sparse_adam_step(
+            self.weights,
+            self.exp_avg,
+            self.exp_avg_sq,
+            self.steps,
+            index,
+            grad,
+            lr=self.lr,
+            betas=self.betas,
+            eps=self.eps,
+        )
 
     def values(self) -> Tensor:
         return self.weights
@@ -127,8 +138,8 @@ class SparseWeights:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["weights"].numel() != self.numel():
             raise ValueError(
-                f"the checkpoint holds LossVal weights for {state['weights'].numel()} training samples but this run has "
-                f"{self.numel()}; resume with the training data the checkpoint was made with"
+                f"the checkpoint holds LossVal weights for {state['weights'].numel()} training samples but this run "
+                f"has {self.numel()}; resume with the training data the checkpoint was made with"
             )
         for name in self._tensors():
             setattr(self, name, state[name].clone())

@@ -55,12 +55,20 @@ def main() -> None:
     checkpoint = ModelCheckpoint(dirpath=args.out / "ckpt", every_n_train_steps=5, save_last=True, save_top_k=-1)
     layout = dict(num_nodes=2, devices=1) if args.nodes else dict(devices=args.devices)
     strategy = "ddp" if args.nodes or args.devices > 1 else "auto"
-    trainer = L.Trainer(max_epochs=args.epochs, strategy=strategy, deterministic=True, default_root_dir=args.out,
-                        callbacks=[lossval, checkpoint, Record(args.out, lossval, args.kill_at)], **layout,
-                        **TRAINER_ARGS)
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        strategy=strategy,
+        deterministic=True,
+        default_root_dir=args.out,
+        callbacks=[lossval, checkpoint, Record(args.out, lossval, args.kill_at)],
+        **layout,
+        **TRAINER_ARGS,
+    )
     trainer.fit(Net(), IndexedDataModule(BlobData()), ckpt_path="last" if args.resume else None)
-    torch.save({"values": lossval.values, "global_step": trainer.global_step,
-                "values_path": str(lossval.values_path)}, args.out / f"rank{trainer.global_rank}.pt")
+    torch.save(
+        {"values": lossval.values, "global_step": trainer.global_step, "values_path": str(lossval.values_path)},
+        args.out / f"rank{trainer.global_rank}.pt",
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ class BlobData(L.LightningDataModule):
         return DataLoader(self.val_set, batch_size=64)
 
 
-
 class Net(LossValMixin, L.LightningModule):
     """A small classifier whose training_step reduces per-sample losses with lossval_loss."""
 

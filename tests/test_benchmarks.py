@@ -12,6 +12,10 @@ def test_scale_benchmark_smoke():
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.split() for line in result.stdout.splitlines() if line.startswith(("dense", "sparse"))]
-    assert [(row[0], row[1]) for row in lines] == [("dense", "200"), ("dense", "400"), ("sparse", "200"),
-                                                    ("sparse", "400")]
+    assert [(row[0], row[1]) for row in lines] == [
+        ("dense", "200"),
+        ("dense", "400"),
+        ("sparse", "200"),
+        ("sparse", "400"),
+    ]
     assert all(float(row[2]) > 0 for row in lines) and float(lines[0][4]) == 1.0

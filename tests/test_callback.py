@@ -92,8 +92,16 @@ def test_values_file_and_tensorboard(tmp_path, capsys):
     assert {4, 8, steps_per_epoch, 2 * steps_per_epoch} <= set(steps)
     last = events.Histograms("lossval/weights")[-1].histogram_value
     assert last.num == 400 and last.min == pytest.approx(cb.values.min().item(), abs=1e-5)
-    for name in ("weight_mean", "weight_std", "weight_min", "weight_frac_below_init", "detection_f1",
-                 "f1_at_noise_rate", "auroc", "average_precision"):
+    for name in (
+        "weight_mean",
+        "weight_std",
+        "weight_min",
+        "weight_frac_below_init",
+        "detection_f1",
+        "f1_at_noise_rate",
+        "auroc",
+        "average_precision",
+    ):
         assert f"lossval/{name}" in tags["scalars"], name
     final_mean = events.Scalars("lossval/weight_mean")[-1].value
     assert final_mean == pytest.approx(cb.values.mean().item(), abs=1e-5)
@@ -109,8 +117,14 @@ def test_values_file_and_tensorboard(tmp_path, capsys):
 def test_resume_equals_uninterrupted_run(tmp_path):
     def run(epochs, root, ckpt_path=None):
         checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
-        return fit(root, epochs=epochs, deterministic=True, enable_checkpointing=True, callbacks=[checkpoint],
-                   ckpt_path=ckpt_path)
+        return fit(
+            root,
+            epochs=epochs,
+            deterministic=True,
+            enable_checkpointing=True,
+            callbacks=[checkpoint],
+            ckpt_path=ckpt_path,
+        )
 
     _, straight, cb_straight = run(4, tmp_path / "straight")
     run(2, tmp_path / "first")
@@ -126,8 +140,9 @@ def test_resume_equals_uninterrupted_run(tmp_path):
 
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_gradient_accumulation_updates_every_micro_batch(tmp_path, sparse):
-    _, _, cb = fit(tmp_path, epochs=1, accumulate_grad_batches=2, limit_train_batches=2,
-                   callback=LossValCallback(sparse=sparse))
+    _, _, cb = fit(
+        tmp_path, epochs=1, accumulate_grad_batches=2, limit_train_batches=2, callback=LossValCallback(sparse=sparse)
+    )
     # one optimizer step over two micro-batches of 32: Adam moves exactly the weights that had a gradient
     assert int((cb.values != 1).sum()) == 64
 
@@ -154,7 +169,7 @@ def test_manual_optimization(tmp_path):
 
 def test_indexed_data_without_the_callback_warns(tmp_path):
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, **TRAINER_ARGS)
-    with pytest.warns(UserWarning, match="no LossValCallback"), pytest.raises(Exception):
+    with pytest.warns(UserWarning, match="no LossValCallback"), pytest.raises(RuntimeError):
         trainer.fit(Net(), IndexedDataModule(BlobData()))  # Net's training_step cannot unpack Indexed
 
 
@@ -234,8 +249,9 @@ def test_misuse_gets_a_clear_error(tmp_path, case, error, message):
 
 def test_sparse_store_moves_only_the_batch_and_finds_the_noise(tmp_path):
     data = BlobData()
-    _, model, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=1, limit_train_batches=1,
-                       callback=LossValCallback(sparse=True))
+    _, model, cb = fit(
+        tmp_path, data=IndexedDataModule(data), epochs=1, limit_train_batches=1, callback=LossValCallback(sparse=True)
+    )
     assert "lossval_weights" not in dict(model.named_parameters())  # outside the module and DDP
     assert int((cb.values != 1).sum()) == 32  # one optimizer step: only that batch's samples moved
     _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=5, callback=LossValCallback(sparse=True, lr=0.05))
@@ -245,11 +261,13 @@ def test_sparse_store_moves_only_the_batch_and_finds_the_noise(tmp_path):
 def test_sparse_is_chosen_automatically_for_large_n(tmp_path):
     from lightning_lossval.weights import DenseWeights, SparseWeights
 
-    _, _, cb = fit(tmp_path, data=IndexedDataModule(BlobData(n=100_000)), epochs=1, limit_train_batches=2,
-                   limit_val_batches=1)
+    _, _, cb = fit(
+        tmp_path, data=IndexedDataModule(BlobData(n=100_000)), epochs=1, limit_train_batches=2, limit_val_batches=1
+    )
     assert isinstance(cb._store, SparseWeights) and int((cb.values != 1).sum()) == 64
-    _, _, cb = fit(tmp_path, data=IndexedDataModule(BlobData(n=99_999)), epochs=1, limit_train_batches=2,
-                   limit_val_batches=1)
+    _, _, cb = fit(
+        tmp_path, data=IndexedDataModule(BlobData(n=99_999)), epochs=1, limit_train_batches=2, limit_val_batches=1
+    )
     assert isinstance(cb._store, DenseWeights)
 
 
@@ -257,8 +275,9 @@ def test_sparse_is_chosen_automatically_for_large_n(tmp_path):
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
 def test_mixed_precision_keeps_the_weights_finite(tmp_path, precision, sparse):
     data = BlobData()
-    _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=5, precision=precision,
-                   callback=LossValCallback(sparse=sparse))
+    _, _, cb = fit(
+        tmp_path, data=IndexedDataModule(data), epochs=5, precision=precision, callback=LossValCallback(sparse=sparse)
+    )
     assert torch.isfinite(cb.values).all()
     assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
 

@@ -44,7 +44,8 @@ def test_default_job_leaves_values_and_a_tensorboard_to_look_at(tmp_path, capsys
     tags = events.Tags()
     assert "lossval/weights" in tags["histograms"]
     assert {"lossval/weight_mean", "lossval/auroc", "lossval/detection_f1", "train_loss", "val_loss"} <= set(
-        tags["scalars"])
+        tags["scalars"]
+    )
     assert "lossval/lowest_rows/text_summary" in tags["tensors"]
     assert "lossval/detection" in tags["images"]
     assert (log_dir / "config.yaml").exists()  # the resolved config, saved by LightningCLI
@@ -70,8 +71,9 @@ def customer_rows(n, seed, corrupt=()):
         color = rng.choice(["red", "green", "blue"])
         if i in corrupt:
             label = "stay" if label == "churn" else "churn"
-        rows.append([f"cust-{seed}-{i}", f"{center + rng.gauss(0, 1):.4f}", f"{center + rng.gauss(0, 1):.4f}", color,
-                     label])
+        rows.append(
+            [f"cust-{seed}-{i}", f"{center + rng.gauss(0, 1):.4f}", f"{center + rng.gauss(0, 1):.4f}", color, label]
+        )
     return rows
 
 
@@ -83,9 +85,22 @@ def test_own_csv_with_categorical_and_id_columns_maps_values_back(tmp_path):
     train_rows = customer_rows(300, seed=0, corrupt=corrupt)
     write_csv(tmp_path / "train.csv", HEADER, train_rows)
     write_csv(tmp_path / "val.csv", HEADER, customer_rows(60, seed=1))
-    log_dir = run(tmp_path, "csv.yaml", "--data.train_csv", str(tmp_path / "train.csv"), "--data.val_csv",
-                  str(tmp_path / "val.csv"), "--data.target", "target", "--data.id_column", "id",
-                  "--trainer.max_epochs", "5", "--trainer.accelerator", "cpu")
+    log_dir = run(
+        tmp_path,
+        "csv.yaml",
+        "--data.train_csv",
+        str(tmp_path / "train.csv"),
+        "--data.val_csv",
+        str(tmp_path / "val.csv"),
+        "--data.target",
+        "target",
+        "--data.id_column",
+        "id",
+        "--trainer.max_epochs",
+        "5",
+        "--trainer.accelerator",
+        "cpu",
+    )
     rows = read_values(log_dir)
     assert len(rows) == 300 and sorted(int(r["row"]) for r in rows) == list(range(300))
     for r in rows:  # every value row names the CSV row it came from
@@ -123,8 +138,18 @@ def test_bad_csv_gets_a_clear_message_and_exit_status_2(tmp_path, capsys, case, 
     if case == "empty file":
         (tmp_path / "train.csv").write_text("")
     with pytest.raises(SystemExit) as exit_info:
-        run(tmp_path, "csv.yaml", "--data.train_csv", str(tmp_path / "train.csv"), "--data.val_csv",
-            str(tmp_path / "val.csv"), "--data.target", target, "--trainer.max_epochs", "1")
+        run(
+            tmp_path,
+            "csv.yaml",
+            "--data.train_csv",
+            str(tmp_path / "train.csv"),
+            "--data.val_csv",
+            str(tmp_path / "val.csv"),
+            "--data.target",
+            target,
+            "--trainer.max_epochs",
+            "1",
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("lossval: error: ") and message.lower() in err.lower(), err
@@ -142,8 +167,16 @@ def test_bad_option_value_raised_while_instantiating(tmp_path, capsys):
 
 def test_unknown_config_key_and_the_console_script(tmp_path):
     (tmp_path / "bad.yaml").write_text("lossval:\n  learning_rate: 0.1\n")
-    command = [sys.executable, "-m", "lightning_lossval.cli", "fit", "--config", str(CONFIGS / "default.yaml"),
-               "--config", str(tmp_path / "bad.yaml")]
+    command = [
+        sys.executable,
+        "-m",
+        "lightning_lossval.cli",
+        "fit",
+        "--config",
+        str(CONFIGS / "default.yaml"),
+        "--config",
+        str(tmp_path / "bad.yaml"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "learning_rate" in result.stderr and "Traceback" not in result.stderr

@@ -104,9 +104,7 @@ def test_index_dataloader_keeps_settings_and_custom_collate():
     assert isinstance(indexed.sampler, SequentialSampler)  # no shuffling: the order is untouched
 
     # iterate in-process (the worker copy of seen_types is not visible here)
-    in_process = index_dataloader(
-        DataLoader(EncodedDataset(N), batch_size=6, drop_last=True, collate_fn=collate)
-    )
+    in_process = index_dataloader(DataLoader(EncodedDataset(N), batch_size=6, drop_last=True, collate_fn=collate))
     batches = list(in_process)
     assert len(batches) == N // 6  # drop_last kept: 3 full batches, the last 2 samples dropped
     for batch in batches:

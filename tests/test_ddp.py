@@ -24,8 +24,14 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def launch(out: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(out), *args], env=env or ENV, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(out), *args],
+        env=env or ENV,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def finish(process: subprocess.Popen, expect: int = 0) -> None:
@@ -80,7 +86,8 @@ def test_two_nodes_one_values_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "layout", [["--devices", "1"], ["--devices", "1", "--sparse"], ["--devices", "2"], ["--devices", "2", "--sparse"]],
+    "layout",
+    [["--devices", "1"], ["--devices", "1", "--sparse"], ["--devices", "2"], ["--devices", "2", "--sparse"]],
     ids=["single-dense", "single-sparse", "ddp-dense", "ddp-sparse"],
 )
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, layout):

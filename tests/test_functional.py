@@ -53,9 +53,9 @@ def test_paper_preset_matches_hand_written_reference(batch):
     l_ref = -(targets * torch.log(probs + 1e-8)).sum(dim=1)
     big_l = (w_ref * l_ref).sum()
     diameter = 1.1 * torch.cdist(x, x_val).max().item()
-    s = SamplesLoss(
-        "sinkhorn", p=2, blur=0.05, scaling=0.5, debias=True, diameter=diameter, backend="tensorized"
-    )(w_ref, x, torch.ones(V), x_val)
+    s = SamplesLoss("sinkhorn", p=2, blur=0.05, scaling=0.5, debias=True, diameter=diameter, backend="tensorized")(
+        w_ref, x, torch.ones(V), x_val
+    )
     reference = big_l * s**2
     (grad_ref,) = torch.autograd.grad(reference, w_ref)
 

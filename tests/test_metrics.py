@@ -1,5 +1,3 @@
-import itertools
-
 import pytest
 import torch
 
@@ -43,10 +41,15 @@ def test_discovery_curve():
 def test_detection_report_perfect_and_reversed():
     noisy = torch.tensor([True] * 3 + [False] * 7)
     perfect = detection_report(torch.where(noisy, -1.0, 1.0) + torch.linspace(0, 0.1, 10), noisy)
-    assert perfect == pytest.approx({"detection_f1": 1.0, "f1_at_noise_rate": 1.0, "auroc": 1.0, "average_precision": 1.0})
+    assert perfect == pytest.approx(
+        {"detection_f1": 1.0, "f1_at_noise_rate": 1.0, "auroc": 1.0, "average_precision": 1.0}
+    )
     reversed_ = detection_report(torch.where(noisy, 1.0, -1.0), noisy)
     assert reversed_["auroc"] == 0.0 and reversed_["f1_at_noise_rate"] == 0.0
-    assert set(detection_report(torch.randn(5), torch.zeros(5, dtype=torch.bool))) == {"detection_f1", "f1_at_noise_rate"}
+    assert set(detection_report(torch.randn(5), torch.zeros(5, dtype=torch.bool))) == {
+        "detection_f1",
+        "f1_at_noise_rate",
+    }
 
 
 def test_random_values_score_near_the_documented_baseline():

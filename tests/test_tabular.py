@@ -44,8 +44,12 @@ def prepared(**kwargs):
 def test_csv_with_val_file_is_encoded_with_training_statistics(tmp_path):
     rows = animal_rows(30)
     val_rows = [["v0", "12.5", "purple", "dog"], ["v1", "7.0", "green", "cat"]]
-    dm = prepared(train_csv=write_csv(tmp_path / "train.csv", HEADER, rows),
-                  val_csv=write_csv(tmp_path / "val.csv", HEADER, val_rows), target="label", id_column="id")
+    dm = prepared(
+        train_csv=write_csv(tmp_path / "train.csv", HEADER, rows),
+        val_csv=write_csv(tmp_path / "val.csv", HEADER, val_rows),
+        target="label",
+        id_column="id",
+    )
 
     assert dm.feature_names == ["size", "color=blue", "color=green", "color=red"]
     assert (dm.num_features, dm.num_outputs, dm.task, dm.classes) == (4, 2, "classification", ["cat", "dog"])
@@ -100,8 +104,11 @@ def test_missing_values_error_or_drop(tmp_path):
     rows[7][0] = ""  # a missing id is not a missing feature
     path = write_csv(tmp_path / "train.csv", HEADER, rows)
     val = write_csv(tmp_path / "val.csv", HEADER, [["v0", "n/a", "red", "cat"], ["v1", "9", "red", "cat"]])
-    with pytest.raises(DataError, match=r"3 row\(s\) of .*train.csv \(lines 3, 5, 7\).*1 row\(s\) of .*val.csv "
-                                        r"\(lines 2\).*--data.missing drop"):
+    with pytest.raises(
+        DataError,
+        match=r"3 row\(s\) of .*train.csv \(lines 3, 5, 7\).*1 row\(s\) of .*val.csv "
+        r"\(lines 2\).*--data.missing drop",
+    ):
         prepared(train_csv=path, val_csv=val, target="label", id_column="id")
 
     dm = prepared(train_csv=path, val_csv=val, target="label", id_column="id", missing="drop")
@@ -122,8 +129,11 @@ def test_regression_is_detected_standardised_and_formatted(tmp_path):
     prices = (x * 30 + 200 + torch.randn(50, generator=g)).tolist()
     rows = [[f"{a:.4f}", f"{p:.2f}"] for a, p in zip(x.tolist(), prices)]
     val_rows = [["215.31", "0.5"]]
-    dm = prepared(train_csv=write_csv(tmp_path / "t.csv", ["area", "price"], rows),
-                  val_csv=write_csv(tmp_path / "v.csv", ["price", "area"], val_rows), target="price")
+    dm = prepared(
+        train_csv=write_csv(tmp_path / "t.csv", ["area", "price"], rows),
+        val_csv=write_csv(tmp_path / "v.csv", ["price", "area"], val_rows),
+        target="price",
+    )
     assert (dm.task, dm.num_outputs, dm.classes) == ("regression", 1, None)
     y = dm.train_set.tensors[1]
     assert y.shape == (50, 1) and y.dtype == torch.float32
@@ -134,8 +144,12 @@ def test_regression_is_detected_standardised_and_formatted(tmp_path):
     assert all(abs(float(s) - v) < 0.051 and len(s.replace(".", "")) <= 4 for s, v in zip(shown, raw))  # 4 digits
     assert dm.format_target(y[:, 0]) == dm.format_target(y)
     assert dm.format_target(dm.val_set.tensors[1]) == ["215.3"]  # columns in another order are matched by name
-    torch.testing.assert_close(dm.val_set.tensors[0][0, 0], dm.train_set.tensors[0][:, 0].new_tensor(
-        (0.5 - x.mean().item()) / x.std(correction=0).item()), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        dm.val_set.tensors[0][0, 0],
+        dm.train_set.tensors[0][:, 0].new_tensor((0.5 - x.mean().item()) / x.std(correction=0).item()),
+        atol=1e-3,
+        rtol=0,
+    )
 
 
 def test_task_override(tmp_path):
@@ -179,8 +193,9 @@ def test_setup_reads_once(tmp_path):
 
 def error_cases(tmp_path):
     ok = write_csv(tmp_path / "ok.csv", HEADER, animal_rows(20))
-    other = write_csv(tmp_path / "other.csv", ["id", "size", "colour", "label", "extra"],
-                      [["a", "1", "red", "cat", "1"]])
+    other = write_csv(
+        tmp_path / "other.csv", ["id", "size", "colour", "label", "extra"], [["a", "1", "red", "cat", "1"]]
+    )
     one_class = write_csv(tmp_path / "one.csv", HEADER, [[f"r{i}", str(i), "red", "cat"] for i in range(10)])
     bad_rows = [[f"r{i}", "abc" if i == 2 else str(i), "red", "cat" if i % 2 else "dog"] for i in range(10)]
     bad_number = write_csv(tmp_path / "bad.csv", HEADER, bad_rows)
@@ -189,22 +204,33 @@ def error_cases(tmp_path):
     (tmp_path / "header.csv").write_text("id,size,color,label\n")
     (tmp_path / "ragged.csv").write_text("id,size,color,label\nr0,1,red,cat\nr1,2,red\nr2,3,blue,dog\n")
     return [
-        (dict(train_csv=ok, target="species"), r"no target column 'species'; its columns are 'id', 'size', "
-                                               r"'color', 'label'.*--data.target NAME"),
+        (
+            dict(train_csv=ok, target="species"),
+            r"no target column 'species'; its columns are 'id', 'size', "
+            r"'color', 'label'.*--data.target NAME",
+        ),
         (dict(train_csv=one_class, target="label"), r"has one class, 'cat'.*at least two"),
         (dict(train_csv=ok, val_csv=other, target="label"), r"lacks 'color' and has extra 'colour', 'extra'"),
-        (dict(train_csv=bad_number, target="label", val_fraction=0.2),
-         r"line 4 of .*bad.csv, column 'size': 'abc' is not a number; fix it or list 'size' under data.categorical"),
+        (
+            dict(train_csv=bad_number, target="label", val_fraction=0.2),
+            r"line 4 of .*bad.csv, column 'size': 'abc' is not a number; fix it or list 'size' under data.categorical",
+        ),
         (dict(train_csv=ok, val_csv=unseen, target="label"), r"line 3 of .*unseen.csv: target 'bird' is not one of"),
         (dict(train_csv=str(tmp_path / "empty.csv")), r"empty.csv is empty: expected a header line and data rows"),
         (dict(train_csv=str(tmp_path / "header.csv"), target="label"), r"header.csv has a header line but no data"),
-        (dict(train_csv=str(tmp_path / "ragged.csv"), target="label"), r"line 3 of .*ragged.csv has 3 fields but the "
-                                                                       r"header has 4"),
+        (
+            dict(train_csv=str(tmp_path / "ragged.csv"), target="label"),
+            r"line 3 of .*ragged.csv has 3 fields but the "
+            r"header has 4",
+        ),
         (dict(train_csv=str(tmp_path / "nope.csv")), r"nope.csv does not exist"),
         (dict(train_csv=ok, target="label", id_column="key"), r"data.id_column names 'key', which .*ok.csv does not"),
         (dict(train_csv=ok, target="label", categorical=["colour"]), r"data.categorical names 'colour'"),
-        (dict(train_csv=ok, target="label", drop_columns=["label"]), r"target column 'label' cannot also be in "
-                                                                     r"data.drop_columns"),
+        (
+            dict(train_csv=ok, target="label", drop_columns=["label"]),
+            r"target column 'label' cannot also be in "
+            r"data.drop_columns",
+        ),
         (dict(), r"exactly one data source.*got neither"),
         (dict(train_csv=ok, builtin="iris"), r"exactly one data source.*got both"),
         (dict(builtin="mnist"), r"unknown builtin dataset 'mnist'"),
@@ -276,8 +302,10 @@ def test_regression_label_noise_swaps_targets(tmp_path):
     before, after = torch.tensor(clean.row_columns()["target"]), torch.tensor(dm.row_columns()["target"])
     assert torch.equal(before != after, mask)
     assert sorted(after[mask].tolist()) == sorted(before[mask].tolist())  # values moved among the noisy rows
-    torch.testing.assert_close(dm.train_set.tensors[1], clean.train_set.tensors[1][torch.tensor(
-        [before.tolist().index(v) for v in after.tolist()])])
+    torch.testing.assert_close(
+        dm.train_set.tensors[1],
+        clean.train_set.tensors[1][torch.tensor([before.tolist().index(v) for v in after.tolist()])],
+    )
 
     mixed = prepared(train_csv=path, target="y", val_fraction=0.1, noise="mixed", noise_rate=0.2)
     assert mixed.noisy_mask.sum() == 11 and dm.num_outputs == 1
@@ -328,12 +356,20 @@ class TinyNet(L.LightningModule):
 
 
 def test_fits_with_a_real_trainer(tmp_path):
-    dm = TabularDataModule(train_csv=write_csv(tmp_path / "t.csv", HEADER, animal_rows(200)), target="label",
-                           id_column="id", batch_size=16)
+    dm = TabularDataModule(
+        train_csv=write_csv(tmp_path / "t.csv", HEADER, animal_rows(200)), target="label", id_column="id", batch_size=16
+    )
     dm.prepare()  # the shapes are known before the model is built
     model = TinyNet(dm.num_features, dm.num_outputs)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, dm)
     assert trainer.state.finished
     assert trainer.global_step == math.ceil(180 / 16)
