@@ -388,7 +388,7 @@ class LossValCallback(Callback):
     # ------------------------------------------------------------------ logging
     def _log(self, trainer: Trainer) -> None:
         step = trainer.global_step
-        if not trainer.is_global_zero or step == self._last_logged_step:
+        if not trainer.is_global_zero or not trainer.loggers or step == self._last_logged_step:
             return
         self._last_logged_step = step
         w = self._store.values().detach().float()  # on its device: no copy of all N weights

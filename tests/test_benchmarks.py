@@ -4,6 +4,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -19,3 +22,56 @@ def test_scale_benchmark_smoke():
         ("sparse", "400"),
     ]
     assert all(float(row[2]) > 0 for row in lines) and float(lines[0][4]) == 1.0
+
+
+def test_detection_benchmark_smoke():
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "detection.py"),
+        "--datasets",
+        "2dplanes",
+        "fried_reg",
+        "--kinds",
+        "mixed",
+        "--rates",
+        "0.2",
+        "--seeds",
+        "0",
+        "--epochs",
+        "1",
+        "--workers",
+        "1",
+        "--no-write",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "### Classification: 2-means detection F1 (2dplanes)" in out and "### Regression: AUROC (fried_reg)" in out
+    for method in ("LossVal (paper)", "LossVal (default)", "random", "small-loss", "Data-OOB", "KNN-Shapley"):
+        assert f"| {method} |" in out, method
+
+
+def test_knn_shapley_values_add_up_to_the_knn_utility():
+    sys.path.insert(0, str(BENCHMARKS))
+    from detection import knn_shapley
+
+    g = torch.Generator().manual_seed(0)
+    d = {
+        "x": torch.randn(40, 3, generator=g),
+        "y": torch.randint(0, 2, (40,), generator=g),
+        "xv": torch.randn(7, 3, generator=g),
+        "yv": torch.randint(0, 2, (7,), generator=g),
+    }
+    values = knn_shapley(d, k=5)
+    nearest = torch.cdist(d["xv"], d["x"]).argsort(dim=1)[:, :5]
+    utility = (d["y"][nearest] == d["yv"].unsqueeze(1)).float().mean()  # efficiency: the values sum to U(all)
+    assert values.sum().item() == pytest.approx(utility.item(), abs=1e-5)
+
+
+def test_overhead_benchmark_smoke():
+    command = [sys.executable, str(BENCHMARKS / "overhead.py"), "--epochs", "2", "--cases", "mlp-100", "--no-write"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = {line for line in result.stdout.splitlines() if line.startswith("| mlp-100 |")}
+    cells = [float(c) for c in row.strip("| ").split(" | ")[1:]]
+    assert len(cells) == 7 and all(c > 0 for c in cells[:5])
