@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import multiprocessing
 import os
@@ -300,6 +301,7 @@ def summarise(records: list[dict], command: str, seconds: float) -> str:
         if not rows:
             continue
         datasets = sorted({r["dataset"] for r in rows})
+        methods = list(dict.fromkeys(r["method"] for r in rows))
         for metric, title in (("f1", "2-means detection F1"), ("auroc", "AUROC"), ("f1_rate", "F1 at the noise rate")):
             lines += [
                 f"### {task.capitalize()}: {title} ({', '.join(datasets)})",
@@ -321,18 +323,22 @@ def summarise(records: list[dict], command: str, seconds: float) -> str:
                 average = [statistics.fmean([x for k in per_seed for x in per_seed[k].get(s, [])]) for s in seeds]
                 lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean_se(average)} |")
             lines.append("")
-        lines += [
-            f"### {task.capitalize()}: 2-means F1 per dataset (all noise kinds and rates)",
-            "",
-            "| method | " + " | ".join(datasets) + " |",
-            "|---|" + "---:|" * len(datasets),
-        ]
-        for method in methods:
-            cells = []
-            for name in datasets:
-                xs = [r["f1"] for r in rows if r["method"] == method and r["dataset"] == name]
-                cells.append(f"{statistics.fmean(xs):.3f}" if xs else "–")
-            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        for kind in KINDS:
+            if not any(r["kind"] == kind for r in rows):
+                continue
+            lines += [
+                f"### {task.capitalize()}: 2-means F1 per dataset, {kind} noise (all rates)",
+                "",
+                "| method | " + " | ".join(datasets) + " |",
+                "|---|" + "---:|" * len(datasets),
+            ]
+            for method in methods:
+                cells = []
+                for name in datasets:
+                    xs = [r["f1"] for r in rows if (r["method"], r["dataset"], r["kind"]) == (method, name, kind)]
+                    cells.append(f"{statistics.fmean(xs):.3f}" if xs else "–")
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            lines.append("")
         timing = {
             m: statistics.fmean([r["seconds"] for r in rows if r["method"] == m])
             for m in methods
@@ -398,6 +404,7 @@ def main() -> None:
     parser.add_argument("--clean-val", action="store_true", help="keep the validation rows clean")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
+    parser.add_argument("--section", default="detection", help="name of the RESULTS.md section to (re)write")
     args = parser.parse_args()
 
     jobs = [
@@ -415,8 +422,15 @@ def main() -> None:
     text = summarise(records, command.strip(), time.perf_counter() - start)
     print(text)
     if not args.no_write:
-        plot(records, HERE / "detection_discovery.png")
-        write_section(text + "\n\n![discovery curves](detection_discovery.png)", HERE / "RESULTS.md", "detection")
+        figure = f"{args.section}_discovery.png"
+        plot(records, HERE / figure)
+        raw = [{k: v for k, v in r.items() if k != "curve"} for r in records]
+        (HERE / f"{args.section}_records.json").write_text(json.dumps(raw, indent=0))
+        write_section(
+            f"{text}\n\nPer-run records: `{args.section}_records.json`.\n\n![discovery curves]({figure})",
+            HERE / "RESULTS.md",
+            args.section,
+        )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ is timed as a peer.
 Cases: the paper's classification MLP on 1000 rows of 10 features with 100, 1000 and 10,000
 validation rows; a small CNN on 1000 synthetic 3x32x32 images with 100 validation images.
 
-    python benchmarks/overhead.py                 # about 4 minutes on 2 CPU cores
-    python benchmarks/overhead.py --epochs 2 --cases mlp-100 --no-write     # a smoke run
+    python benchmarks/overhead.py --cases mlp-100 mlp-1000 cnn-100     # about 4 minutes on 2 CPU cores
+    python benchmarks/overhead.py --epochs 2 --rounds 1 --cases mlp-100 --no-write     # a smoke run
 """
 
 from __future__ import annotations
@@ -178,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     lines = [
@@ -186,9 +187,16 @@ def main() -> None:
         "|---|" + "---:|" * 7,
     ]
     for case in args.cases:
-        plain, plain_mb = lightning_fit(case, args.epochs, False)
-        valued, valued_mb = lightning_fit(case, args.epochs, True)
-        reference = reference_loop(case, args.epochs)
+        runs = []  # the three take turns for --rounds rounds; each figure is the median over rounds
+        for _ in range(args.rounds):
+            runs.append(
+                (
+                    *lightning_fit(case, args.epochs, False),
+                    *lightning_fit(case, args.epochs, True),
+                    reference_loop(case, args.epochs),
+                )
+            )
+        plain, plain_mb, valued, valued_mb, reference = (statistics.median(r[i] for r in runs) for i in range(5))
         lines.append(
             f"| {case} | {plain:.3f} | {valued:.3f} | {valued / plain:.2f} | {reference:.3f} | "
             f"{valued / reference:.2f} | {plain_mb:.0f} | {valued_mb:.0f} |"
@@ -196,9 +204,10 @@ def main() -> None:
         print(lines[-1], flush=True)
     text = "\n".join(
         [
-            f"Command: `python benchmarks/overhead.py {' '.join(sys.argv[1:])}`".replace(" `", " `", 1),
+            f"Command: `python benchmarks/overhead.py {' '.join(sys.argv[1:])}`",
             f"Run: {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch "
-            f"{torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, batch 32.",
+            f"{torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs (first excluded), batch 32, "
+            f"median of {args.rounds} interleaved rounds.",
             "",
             *lines,
         ]

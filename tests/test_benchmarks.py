@@ -69,7 +69,8 @@ def test_knn_shapley_values_add_up_to_the_knn_utility():
 
 
 def test_overhead_benchmark_smoke():
-    command = [sys.executable, str(BENCHMARKS / "overhead.py"), "--epochs", "2", "--cases", "mlp-100", "--no-write"]
+    arguments = ["--epochs", "2", "--rounds", "1", "--cases", "mlp-100", "--no-write"]
+    command = [sys.executable, str(BENCHMARKS / "overhead.py"), *arguments]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = {line for line in result.stdout.splitlines() if line.startswith("| mlp-100 |")}
