@@ -34,6 +34,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_lossval import LossValCallback, index_dataloader
 from lightning_lossval.models import CNN, MLP
 
+sys.path.insert(0, str(Path(__file__).parent))
+from detection import trainer as quiet_trainer  # noqa: E402
+from detection import write_section  # noqa: E402
+
 HERE = Path(__file__).parent
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -133,17 +137,8 @@ def lightning_fit(case: str, epochs: int, with_lossval: bool) -> tuple[float, fl
     if with_lossval:
         loader = index_dataloader(loader)
         callbacks.append(LossValCallback(val_data=xv, export=False, show=0))
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
     with PeakMemory() as memory:
-        trainer.fit(model, train_dataloaders=loader)
+        quiet_trainer(epochs, callbacks).fit(model, train_dataloaders=loader)
     return clock.per_epoch(), memory.growth_mb
 
 
@@ -214,9 +209,6 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        sys.path.insert(0, str(HERE))
-        from detection import write_section
-
         write_section(text, HERE / "RESULTS.md", "overhead")
 
 
