@@ -80,27 +80,30 @@ def customer_rows(n, seed, corrupt=()):
 HEADER = ["id", "x1", "x2", "color", "target"]
 
 
+def run_csv(tmp_path, target, *args):
+    """configs/csv.yaml on tmp_path/train.csv and tmp_path/val.csv, as the README shows it."""
+    train, val = str(tmp_path / "train.csv"), str(tmp_path / "val.csv")
+    return run(
+        tmp_path,
+        "csv.yaml",
+        "--data.train_csv",
+        train,
+        "--data.val_csv",
+        val,
+        "--data.target",
+        target,
+        "--trainer.accelerator",
+        "cpu",
+        *args,
+    )
+
+
 def test_own_csv_with_categorical_and_id_columns_maps_values_back(tmp_path):
     corrupt = set(random.Random(1).sample(range(300), 30))
     train_rows = customer_rows(300, seed=0, corrupt=corrupt)
     write_csv(tmp_path / "train.csv", HEADER, train_rows)
     write_csv(tmp_path / "val.csv", HEADER, customer_rows(60, seed=1))
-    log_dir = run(
-        tmp_path,
-        "csv.yaml",
-        "--data.train_csv",
-        str(tmp_path / "train.csv"),
-        "--data.val_csv",
-        str(tmp_path / "val.csv"),
-        "--data.target",
-        "target",
-        "--data.id_column",
-        "id",
-        "--trainer.max_epochs",
-        "5",
-        "--trainer.accelerator",
-        "cpu",
-    )
+    log_dir = run_csv(tmp_path, "target", "--data.id_column", "id", "--trainer.max_epochs", "5")
     rows = read_values(log_dir)
     assert len(rows) == 300 and sorted(int(r["row"]) for r in rows) == list(range(300))
     for r in rows:  # every value row names the CSV row it came from
@@ -138,18 +141,7 @@ def test_bad_csv_gets_a_clear_message_and_exit_status_2(tmp_path, capsys, case, 
     if case == "empty file":
         (tmp_path / "train.csv").write_text("")
     with pytest.raises(SystemExit) as exit_info:
-        run(
-            tmp_path,
-            "csv.yaml",
-            "--data.train_csv",
-            str(tmp_path / "train.csv"),
-            "--data.val_csv",
-            str(tmp_path / "val.csv"),
-            "--data.target",
-            target,
-            "--trainer.max_epochs",
-            "1",
-        )
+        run_csv(tmp_path, target, "--trainer.max_epochs", "1")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("lossval: error: ") and message.lower() in err.lower(), err
