@@ -143,22 +143,23 @@ class LossValCallback(Callback):
             raise RuntimeError("no values yet: call trainer.fit(...) with this callback first")
         return self._store.values().detach().float().cpu().clone()
 
-    def table(self) -> list[dict[str, Any]]:
+    def table(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The rows of ``values.csv``: lowest value first, with the known per-sample columns."""
-        return values_table(_finite_or_raise(self.values, "export"), self.columns)
+        return values_table(_finite_or_raise(self.values, "export"), self.columns, limit)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write :meth:`table` as CSV, atomically (a crash never leaves a truncated file)."""
-        data = table_csv(self.table())
-        return atomic_write(path, lambda f: f.write(data))
+        return _write_csv(path, self.table())
 
     def save_values(self, directory: str | os.PathLike) -> Path:
         """Write ``values.csv`` and ``values.pt`` (the ``[N]`` tensor) into ``directory``."""
+        return self._save(directory, _finite_or_raise(self.values, "export"))
+
+    def _save(self, directory: str | os.PathLike, values: Tensor) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        values = _finite_or_raise(self.values, "export")
         atomic_write(directory / "values.pt", lambda f: torch.save(values, f))
-        return self.to_csv(directory / "values.csv")
+        return _write_csv(directory / "values.csv", values_table(values, self.columns))
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -216,10 +217,10 @@ class LossValCallback(Callback):
             self._log(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        values = _finite_or_raise(self.values, f"epoch {trainer.current_epoch}")
+        _finite_or_raise(self._store.values(), f"epoch {trainer.current_epoch}")  # where they live: no copy
         self._log(trainer)
         if self._noisy is not None and trainer.is_global_zero:
-            metrics = detection_report(values, self._noisy)
+            metrics = detection_report(self.values, self._noisy)
             for logger in trainer.loggers:
                 logger.log_metrics({f"lossval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
 
@@ -228,9 +229,10 @@ class LossValCallback(Callback):
         if not trainer.is_global_zero:
             return
         self.columns = self._row_columns(trainer, pl_module)
+        values = _finite_or_raise(self.values, "export")
         if self.export:
-            self.values_path = self.save_values(directory)
-        self._report(trainer)
+            self.values_path = self._save(directory, values)
+        self._report(trainer, values)
 
     def state_dict(self) -> dict[str, Any]:
         if self._store is None:
@@ -360,15 +362,15 @@ class LossValCallback(Callback):
             columns["noisy"] = self._noisy.tolist()
         return columns
 
-    def _report(self, trainer: Trainer) -> None:
-        rows = self.table()[: self.show]
+    def _report(self, trainer: Trainer, values: Tensor) -> None:
+        rows = values_table(values, self.columns, self.show)
         n = self._store.numel()
         lines = (
             [f"\nLossVal: the {len(rows)} lowest-valued of {n} training samples (lowest first)", format_table(rows)]
             if rows
             else []
         )
-        metrics = detection_report(self.values, self._noisy) if self._noisy is not None else None
+        metrics = detection_report(values, self._noisy) if self._noisy is not None else None
         if metrics:
             lines.append(f"detection of the {int(self._noisy.sum())} known noisy samples: {format_metrics(metrics)}")
         if self.values_path is not None:
@@ -381,7 +383,7 @@ class LossValCallback(Callback):
                     "lossval/lowest_rows", format_table(rows, markdown=True), trainer.global_step
                 )
                 if self._noisy is not None:
-                    figure = detection_figure(self.values, self._noisy)
+                    figure = detection_figure(values, self._noisy)
                     logger.experiment.add_figure("lossval/detection", figure, trainer.global_step)
                 logger.experiment.flush()
 
@@ -463,6 +465,11 @@ def _check_strategy(trainer: Trainer) -> None:
             "ddp_fork, ddp_notebook): the weights learned in the worker processes would not reach this one. Use "
             "strategy='ddp', which re-runs your script for each process (or launch it with torchrun)."
         )
+
+
+def _write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    data = table_csv(rows)
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def _finite_or_raise(values: Tensor, when: str) -> Tensor:

@@ -20,13 +20,16 @@ METRIC_NAMES = {
 }
 
 
-def values_table(values: Tensor, columns: dict[str, list] | None = None) -> list[dict[str, Any]]:
-    """Rows ``rank, index, <columns...>, value``, lowest value (most suspicious) first.
+def values_table(
+    values: Tensor, columns: dict[str, list] | None = None, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Rows ``rank, index, <columns...>, value``, lowest value (most suspicious) first; the first
+    ``limit`` rows only if given.
 
     ``columns`` holds per-sample lists aligned with ``values`` (e.g. ``row``, ``id``, ``target``).
     """
     columns = columns or {}
-    order = values.argsort(stable=True).tolist()
+    order = values.argsort(stable=True)[:limit].tolist()
     return [
         {"rank": rank, "index": i, **{name: column[i] for name, column in columns.items()}, "value": values[i].item()}
         for rank, i in enumerate(order, start=1)
