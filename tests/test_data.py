@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from helpers import TRAINER_ARGS
 from lightning.pytorch.utilities.data import _update_dataloader
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
@@ -344,15 +345,7 @@ class RecordingModule(L.LightningModule):
 def test_trainer_sees_every_index_once():
     inner = InnerData(n=N, batch_size=4)
     module = RecordingModule()
-    trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, num_sanity_val_steps=0, **TRAINER_ARGS)
     trainer.fit(module, IndexedDataModule(inner, seed=0))
     assert sorted(module.train_indices) == list(range(N))
     assert module.train_indices != list(range(N))  # shuffled by the EpochRandomSampler

@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TRAINER_ARGS
 from torch import nn
 
 from lightning_lossval.errors import DataError
@@ -362,13 +363,7 @@ def test_fits_with_a_real_trainer(tmp_path):
     dm.prepare()  # the shapes are known before the model is built
     model = TinyNet(dm.num_features, dm.num_outputs)
     trainer = L.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+        max_epochs=1, logger=False, enable_checkpointing=False, default_root_dir=tmp_path, **TRAINER_ARGS
     )
     trainer.fit(model, dm)
     assert trainer.state.finished
