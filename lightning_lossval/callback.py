@@ -19,7 +19,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_lossval.data import BATCH_HOOKS, Indexed, IndexedDataset, on_inner_batch
 from lightning_lossval.errors import DataError
-from lightning_lossval.functional import ObjectiveConfig, lossval_objective, resolve_config
+from lightning_lossval.functional import (
+    ObjectiveConfig,
+    Validation,
+    lossval_objective,
+    prepare_validation,
+    resolve_config,
+)
 from lightning_lossval.metrics import detection_report
 from lightning_lossval.mixin import LossValMixin
 from lightning_lossval.report import (
@@ -62,9 +68,10 @@ class LossValCallback(Callback):
       ``"lossval_weights"`` (learning rate ``lr``, no weight decay), out of the user's groups if
       ``self.parameters()`` swept it in. The user's LR schedulers and gradient clipping do not
       see this group: its learning rate stays ``lr`` and its gradient is not clipped.
-    - sparse store: the callback holds the weights; at each optimizer step the batch's
-      ``(index, gradient)`` pairs are gathered from all ranks and a per-sample Adam moves those
-      samples only. Per-step cost depends on the batch, not on ``N``.
+    - sparse store (the default objective's): the callback holds the weights; at each optimizer
+      step the batch's ``(index, gradient)`` pairs are gathered from all ranks and the
+      objective's ``update`` (normalized step or per-sample Adam) moves those samples only.
+      Per-step cost depends on the batch, not on ``N``.
     - ``on_fit_start`` also computes the validation features once.
     - every ``log_every_n_steps`` and at each epoch end (rank zero): a weight histogram and the
       scalars ``lossval/weight_mean``, ``_std``, ``_min`` and ``_frac_below_init``; at epoch ends,
@@ -88,7 +95,10 @@ class LossValCallback(Callback):
             ``lossval_features``, a ``(inputs, targets)`` tuple of tensors, or ``None`` for the
             DataModule's ``val_dataloader``.
         lr: learning rate of the weights (paper: 0.01, the same Adam as the network).
-        objective: a preset name (``"paper"``), an :class:`ObjectiveConfig` or a dict of its fields.
+        objective: a preset name, an :class:`ObjectiveConfig` or a dict of its fields (unset
+            fields take the paper's values). ``"default"``: this project's configuration
+            (normalized masses and loss, saturating positive masses, the normalized sparse step;
+            see ``PRESETS``). ``"paper"``: the reference code's objective and dense Adam.
         optimizer_index: which of the module's optimizers gets the weights.
         log_every_n_steps: histogram and scalar cadence in optimizer steps (default: the
             Trainer's ``log_every_n_steps``); 0 logs at epoch ends only.
@@ -97,15 +107,17 @@ class LossValCallback(Callback):
             ``noisy_mask`` attribute, if any); enables the detection metrics.
         show: how many of the lowest-valued rows to print and log as text at the end of fit.
         sparse: ``False``: dense store in the user's optimizer (reproduces the paper, including
-            Adam moving samples outside the batch); ``True``: sparse store with its own lazy Adam
-            (``lr``, betas 0.9/0.999); ``None``: sparse from 100,000 training samples on.
+            Adam moving samples outside the batch); ``True``: sparse store with its own per-sample
+            update (the objective's ``update``: lazy Adam with betas 0.9/0.999, or the normalized
+            step); ``None``: sparse from 100,000 training samples on, or whenever the objective's
+            ``update`` is ``"normalized"``.
     """
 
     def __init__(
         self,
         val_data: Tensor | Dataset | DataLoader | tuple | None = None,
         lr: float = 0.01,
-        objective: str | ObjectiveConfig | dict = "paper",
+        objective: str | ObjectiveConfig | dict = "default",
         optimizer_index: int = 0,
         log_every_n_steps: int | None = None,
         export: bool = True,
@@ -128,7 +140,7 @@ class LossValCallback(Callback):
         self.in_training_step = False
         self.values_path: Path | None = None
         self._store: DenseWeights | SparseWeights | None = None
-        self._val_features: Tensor | None = None
+        self._validation: Validation | None = None
         self._step: Indexed | None = None
         self._objective_calls = 0
         self._checked_shapes = False
@@ -173,7 +185,14 @@ class LossValCallback(Callback):
         _check_strategy(trainer)
         n = _count_train_samples(trainer)
         sparse = self.sparse if self.sparse is not None else n >= SPARSE_AUTO_THRESHOLD
-        self._store = SparseWeights(n, self.lr) if sparse else DenseWeights(pl_module, n, self.lr)
+        if self.config.update == "normalized":
+            if self.sparse is False:
+                raise ValueError(
+                    "the objective's update='normalized' moves only the batch's samples, which needs the sparse "
+                    "weight store: drop sparse=False (or use update='adam')"
+                )
+            sparse = True
+        self._store = SparseWeights(n, self.lr, self.config.update) if sparse else DenseWeights(pl_module, n, self.lr)
         pl_module._lossval_callback = self
         for name, wrapper in (
             ("training_step", self._training_step),
@@ -202,7 +221,7 @@ class LossValCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._store.start(trainer, self._optimizer(trainer))
-        self._val_features = self._validation_features(trainer, pl_module)
+        self._validation = prepare_validation(*self._validation_data(trainer, pl_module), self.config)
         self._noisy = self._noisy_mask(trainer)
         self._checked_shapes = False
         self._last_logged_step = -1
@@ -248,6 +267,14 @@ class LossValCallback(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self._store is None or "store" not in state_dict:
             return
+        current = dataclasses.asdict(self.config)
+        saved = state_dict.get("objective", current)
+        changed = {k: v for k, v in saved.items() if current.get(k) != v}
+        if changed:
+            raise ValueError(
+                f"the checkpoint's weights were learned with an objective that differs from this run's in {changed}; "
+                f"resume with objective={saved} or start a new fit"
+            )
         if state_dict["sparse"] != self._store.sparse:
             kind = "sparse" if state_dict["sparse"] else "dense"
             raise ValueError(
@@ -285,17 +312,18 @@ class LossValCallback(Callback):
         if not self._checked_shapes:
             self._check_batch(index, features)
         self._objective_calls += 1
+        labels = pl_module.lossval_targets(batch) if self._validation.labels is not None else None
         weights = self._store.select(index)
-        return lossval_objective(weights, losses, features, self._val_features, self.config)
+        return lossval_objective(weights, losses, features, self._validation, self.config, labels)
 
     def _check_batch(self, index: Tensor, features: Tensor) -> None:
         n = self._store.numel()
         if index.dtype != torch.long or index.dim() != 1 or int(index.min()) < 0 or int(index.max()) >= n:
             raise DataError(f"sample indices must be a [B] long tensor within [0, {n}); got {index!r}: {INDEX_HELP}")
-        if features.shape[1] != self._val_features.shape[1]:
+        if features.shape[1] != self._validation.features.shape[1]:
             raise DataError(
                 f"the training batch has {features.shape[1]} features but the validation features have "
-                f"{self._val_features.shape[1]}: pass val_data represented like the training inputs "
+                f"{self._validation.features.shape[1]}: pass val_data represented like the training inputs "
                 "(or override lossval_features so both match)"
             )
         self._checked_shapes = True
@@ -309,7 +337,8 @@ class LossValCallback(Callback):
             )
         return trainer.optimizers[self.optimizer_index]
 
-    def _validation_features(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
+    def _validation_data(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Tensor, Tensor | None]:
+        """The validation features ``[V, D]`` and, for label-aware transport, their targets (else ``None``)."""
         data = self.val_data
         if data is None:
             datamodule = trainer.datamodule
@@ -320,13 +349,21 @@ class LossValCallback(Callback):
             data = datamodule.val_dataloader()
         if isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
             data = torch.utils.data.TensorDataset(*data)
+        labels = None
         if isinstance(data, Tensor):
             features = data
         else:
             loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=1024)
+            parts, targets = [], []
             with torch.no_grad():
-                parts = [pl_module.lossval_features(move_data_to_device(b, pl_module.device)) for b in loader]
+                for batch in loader:
+                    batch = move_data_to_device(batch, pl_module.device)
+                    parts.append(pl_module.lossval_features(batch))
+                    if self.config.label_weight > 0:
+                        targets.append(pl_module.lossval_targets(batch))
             features = torch.cat(parts) if parts else torch.empty(0)
+            if targets and all(t is not None for t in targets):
+                labels = torch.cat(targets)
         features = features.detach().to(pl_module.device, torch.float32)
         if features.shape[0] == 0:
             raise DataError("the validation set for LossVal is empty; pass val_data with at least one sample")
@@ -337,7 +374,12 @@ class LossValCallback(Callback):
                 f"{len(bad)} validation rows hold NaN or inf (first rows: {bad[:10].tolist()}); "
                 "drop or impute them before training"
             )
-        return features
+        if self.config.label_weight > 0 and labels is None:
+            raise DataError(
+                "the objective's label_weight > 0 compares labels, but the validation data has no targets: pass "
+                "val_data=(inputs, targets), a Dataset/DataLoader of (input, target) batches, or set label_weight=0"
+            )
+        return features, labels
 
     def _noisy_mask(self, trainer: Trainer) -> Tensor | None:
         mask = self.noisy_mask if self.noisy_mask is not None else getattr(trainer.datamodule, "noisy_mask", None)
@@ -413,7 +455,7 @@ def _count_train_samples(trainer: Trainer) -> int:
 
 
 @torch.no_grad()
-def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_size: int = 1024) -> Tensor:
+def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_size: int = 256) -> Tensor:
     """``lossval_predict`` over the whole training set in index order, on this process."""
     train = trainer.train_dataloader
     loader = DataLoader(train.dataset, batch_size=batch_size, collate_fn=train.collate_fn)

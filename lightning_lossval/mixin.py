@@ -29,7 +29,8 @@ class LossValMixin:
     fit) :meth:`lossval_loss` is the mean loss, so the same module trains with or without LossVal.
 
     Manual optimization works the same way: ``self.manual_backward(self.lossval_loss(losses))``
-    then ``opt.step()`` updates the weights too, since they sit in that optimizer. Under gradient
+    then ``opt.step()`` updates the weights too (they sit in that optimizer, or the callback's
+    sparse store steps them just before it). Under gradient
     accumulation every micro-batch adds the gradient of its own samples' weights, scaled like
     the rest of the loss by ``1 / accumulate_grad_batches``.
 
@@ -60,6 +61,15 @@ class LossValMixin:
                 f"{type(batch).__name__}; override lossval_features(batch) to return a [B, D] tensor"
             )
         return x.reshape(x.shape[0], -1)
+
+    def lossval_targets(self, batch: Any) -> Tensor | None:
+        """Targets of a batch for label-aware transport (``label_weight > 0``): the second element.
+
+        Integer ``[B]`` classes or numeric ``[B]``/``[B, K]`` targets; ``None`` when the batch has none.
+        """
+        if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], Tensor):
+            return batch[1]
+        return None
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Accept checkpoints with LossVal weights when the module was built without them."""

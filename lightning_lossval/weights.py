@@ -6,8 +6,8 @@ all of them (Adam's momentum moves samples that were not in the batch) and DDP a
 ``N`` gradients (4 MB per step at a million samples).
 
 ``SparseWeights``: a tensor held by the callback, outside the module and the DDP bucket. Each
-optimizer step gathers the batch's ``(index, gradient)`` pairs from all ranks and applies a
-per-sample Adam to those samples only, so traffic and compute depend on the batch size, not on
+optimizer step gathers the batch's ``(index, gradient)`` pairs from all ranks and updates those
+samples only (the normalized step or a per-sample Adam), so traffic and compute depend on the batch size, not on
 ``N``, and a sample moves only on steps that saw it. Every rank applies the same update, so the
 ranks stay identical. It keeps its own optimizer state, saved in the callback's checkpoint state.
 """
@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_lossval.functional import coalesce, sparse_adam_step
+from lightning_lossval.functional import coalesce, normalized_step, sparse_adam_step
 from lightning_lossval.mixin import WEIGHTS
 
 GROUP_NAME = "lossval_weights"
@@ -71,12 +71,16 @@ class DenseWeights:
 
 
 class SparseWeights:
-    """The weights in the callback, updated per sample by a lazy Adam (``betas``, ``eps``)."""
+    """The weights in the callback, updated per sample: ``update="adam"``, a lazy Adam (``betas``,
+    ``eps``); ``update="normalized"``, :func:`normalized_step` (the batch's gradients divided by
+    their root mean square, so that their ratios survive)."""
 
     sparse = True
 
-    def __init__(self, n: int, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        self.lr, self.betas, self.eps = lr, betas, eps
+    def __init__(
+        self, n: int, lr: float, update: str = "adam", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
+    ) -> None:
+        self.lr, self.update, self.betas, self.eps = lr, update, betas, eps
         self.weights = torch.ones(n)
         self.exp_avg = torch.zeros(n)
         self.exp_avg_sq = torch.zeros(n)
@@ -115,8 +119,11 @@ class SparseWeights:
             index, grad = _gather(trainer, index, grad)
             grad = grad / trainer.world_size  # what DDP's averaging all-reduce does to a dense parameter
         if not torch.isfinite(grad).all():
-            return  # an overflowing fp16 step, which the GradScaler skips for the network too
+            return  # an overflowing fp16 step (the GradScaler skips it for the network too) or a NaN loss
         index, grad = coalesce(index, grad)
+        if self.update == "normalized":
+            normalized_step(self.weights, index, grad, lr=self.lr)
+            return
         sparse_adam_step(
             self.weights,
             self.exp_avg,

@@ -1,6 +1,9 @@
 """Training runs that tests/test_ddp.py starts in their own processes (strategy "ddp" re-runs argv).
 
-    python ddp_script.py OUT [--sparse] [--nodes] [--kill-at STEP] [--resume] [--devices N]
+    python ddp_script.py OUT [--store dense|sparse|default] [--nodes] [--kill-at STEP] [--resume] [--devices N]
+
+Stores: dense = the paper objective in the user's Adam; sparse = the paper objective with the
+sparse store's lazy Adam; default = the default objective (sparse store, normalized step).
 
 Saves each rank's final weights to OUT/rank{r}.pt, its weights after steps 1, 4 and 9 to
 OUT/rank{r}_step{s}.pt and the indices of its first batch to OUT/rank{r}_first_batch.pt.
@@ -42,7 +45,7 @@ class Record(L.Callback):
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
-    parser.add_argument("--sparse", action="store_true")
+    parser.add_argument("--store", choices=["dense", "sparse", "default"], default="dense")
     parser.add_argument("--nodes", action="store_true", help="two 'nodes' of one process, from the environment")
     parser.add_argument("--devices", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3)
@@ -51,7 +54,8 @@ def main() -> None:
     args = parser.parse_args()
 
     L.seed_everything(0)
-    lossval = LossValCallback(log_every_n_steps=3, sparse=args.sparse)
+    objective, sparse = {"dense": ("paper", False), "sparse": ("paper", True), "default": ("default", None)}[args.store]
+    lossval = LossValCallback(log_every_n_steps=3, objective=objective, sparse=sparse)
     checkpoint = ModelCheckpoint(dirpath=args.out / "ckpt", every_n_train_steps=5, save_last=True, save_top_k=-1)
     layout = dict(num_nodes=2, devices=1) if args.nodes else dict(devices=args.devices)
     strategy = "ddp" if args.nodes or args.devices > 1 else "auto"

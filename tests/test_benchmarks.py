@@ -49,6 +49,8 @@ def test_detection_benchmark_smoke():
     assert "### Classification: 2-means detection F1 (2dplanes)" in out and "### Regression: AUROC (fried_reg)" in out
     for method in ("LossVal (paper)", "LossVal (default)", "random", "small-loss", "Data-OOB", "KNN-Shapley"):
         assert f"| {method} |" in out, method
+    assert "### Classification: default vs paper preset (2-means F1)" in out
+    assert "| default − paper (paired by seed) |" in out
 
 
 def test_knn_shapley_values_add_up_to_the_knn_utility():
@@ -74,5 +76,13 @@ def test_overhead_benchmark_smoke():
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = {line for line in result.stdout.splitlines() if line.startswith("| mlp-100 |")}
-    cells = [float(c) for c in row.strip("| ").split(" | ")[1:]]
-    assert len(cells) == 7 and all(c > 0 for c in cells[:5])
+    *cells, memory = row.strip("| ").split(" | ")[1:]
+    plain, default, default_ratio, paper, paper_ratio, default_vs_paper, reference, default_vs_reference = map(
+        float, cells
+    )
+    assert min(plain, default, paper, reference) > 0
+    assert default_ratio == pytest.approx(default / plain, rel=0.03)
+    assert paper_ratio == pytest.approx(paper / plain, rel=0.03)
+    assert default_vs_paper == pytest.approx(default / paper, rel=0.03)
+    assert default_vs_reference == pytest.approx(default / reference, rel=0.03)
+    assert len(memory.split(" / ")) == 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -16,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.functional.classification import binary_auroc
 
 from lightning_lossval import IndexedDataModule, LossValCallback
+from lightning_lossval.functional import PRESETS
 from lightning_lossval.weights import GROUP_NAME
 
 
@@ -43,7 +45,7 @@ def test_flipped_labels_get_low_values(tmp_path):
 
 
 def test_weights_get_their_own_param_group(tmp_path):
-    trainer, model, cb = fit(tmp_path, epochs=1, callback=LossValCallback(lr=0.03))
+    trainer, model, cb = fit(tmp_path, epochs=1, callback=LossValCallback(lr=0.03, objective="paper"))
     groups = trainer.optimizers[0].param_groups
     owners = [g for g in groups if any(p is model.lossval_weights for p in g["params"])]
     assert len(owners) == 1 and owners[0]["name"] == GROUP_NAME
@@ -54,7 +56,9 @@ def test_weights_get_their_own_param_group(tmp_path):
 
 @pytest.mark.parametrize("scheduler", ["lambda", "onecycle", "step", "plateau"])
 def test_schedulers_leave_the_weights_lr_alone(tmp_path, scheduler):
-    trainer, model, cb = fit(tmp_path, model=Net(scheduler=scheduler), epochs=2)
+    trainer, model, cb = fit(
+        tmp_path, model=Net(scheduler=scheduler), epochs=2, callback=LossValCallback(objective="paper")
+    )
     user, weights = trainer.optimizers[0].param_groups
     assert weights["name"] == GROUP_NAME and weights["lr"] == 0.01
     if scheduler in ("lambda", "step"):
@@ -138,12 +142,16 @@ def test_resume_equals_uninterrupted_run(tmp_path):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_gradient_accumulation_updates_every_micro_batch(tmp_path, sparse):
-    _, _, cb = fit(
-        tmp_path, epochs=1, accumulate_grad_batches=2, limit_train_batches=2, callback=LossValCallback(sparse=sparse)
-    )
-    # one optimizer step over two micro-batches of 32: Adam moves exactly the weights that had a gradient
+STORES = pytest.mark.parametrize(
+    "objective, sparse", [("paper", False), ("paper", True), ("default", None)], ids=["dense", "sparse", "default"]
+)
+
+
+@STORES
+def test_gradient_accumulation_updates_every_micro_batch(tmp_path, objective, sparse):
+    callback = LossValCallback(objective=objective, sparse=sparse)
+    _, _, cb = fit(tmp_path, epochs=1, accumulate_grad_batches=2, limit_train_batches=2, callback=callback)
+    # one optimizer step over two micro-batches of 32: it moves exactly the weights that had a gradient
     assert int((cb.values != 1).sum()) == 64
 
 
@@ -174,7 +182,7 @@ def test_indexed_data_without_the_callback_warns(tmp_path):
 
 
 def test_plain_training_and_inference_without_the_callback(tmp_path):
-    _, model, _ = fit(tmp_path, epochs=1, enable_checkpointing=True)
+    _, model, _ = fit(tmp_path, epochs=1, enable_checkpointing=True, callback=LossValCallback(objective="paper"))
     checkpoint = next((tmp_path / "checkpoints").glob("*.ckpt"))
     assert "lossval_weights" in torch.load(checkpoint, weights_only=False)["state_dict"]
     restored = Net.load_from_checkpoint(checkpoint)  # a model for inference, without LossVal weights
@@ -223,6 +231,7 @@ class NotAMixin(L.LightningModule):
         ("val dimension", ValueError, "batch has 8 features but the validation features have 5"),
         ("empty val", ValueError, "empty"),
         ("nan val", ValueError, r"2 validation rows hold NaN or inf \(first rows: \[3, 7\]\)"),
+        ("labels without targets", ValueError, "label_weight > 0 compares labels, but the validation data has no"),
     ],
 )
 def test_misuse_gets_a_clear_error(tmp_path, case, error, message):
@@ -243,6 +252,8 @@ def test_misuse_gets_a_clear_error(tmp_path, case, error, message):
         callback = LossValCallback(val_data=torch.empty(0, 8))
     elif case == "nan val":
         callback = LossValCallback(val_data=val)
+    elif case == "labels without targets":
+        callback = LossValCallback(val_data=torch.randn(20, 8), objective={"label_weight": 1.0})
     with pytest.raises(error, match=message):
         fit(tmp_path, model=model, data=data, callback=callback, epochs=1)
 
@@ -261,23 +272,26 @@ def test_sparse_store_moves_only_the_batch_and_finds_the_noise(tmp_path):
 def test_sparse_is_chosen_automatically_for_large_n(tmp_path):
     from lightning_lossval.weights import DenseWeights, SparseWeights
 
-    _, _, cb = fit(
-        tmp_path, data=IndexedDataModule(BlobData(n=100_000)), epochs=1, limit_train_batches=2, limit_val_batches=1
-    )
+    def store(n, **callback_args):
+        data = IndexedDataModule(BlobData(n=n))
+        _, _, cb = fit(tmp_path, data=data, epochs=1, limit_train_batches=2, callback=LossValCallback(**callback_args))
+        return cb
+
+    cb = store(100_000, objective="paper")
     assert isinstance(cb._store, SparseWeights) and int((cb.values != 1).sum()) == 64
-    _, _, cb = fit(
-        tmp_path, data=IndexedDataModule(BlobData(n=99_999)), epochs=1, limit_train_batches=2, limit_val_batches=1
-    )
-    assert isinstance(cb._store, DenseWeights)
+    assert isinstance(store(99_999, objective="paper")._store, DenseWeights)
+    # the default objective's normalized step moves only the batch: always the sparse store
+    assert isinstance(store(1000)._store, SparseWeights)
+    with pytest.raises(ValueError, match="update='normalized'.*sparse=False"):
+        store(1000, sparse=False)
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])  # on CPU Lightning runs 16-mixed as bf16-mixed
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse"])
-def test_mixed_precision_keeps_the_weights_finite(tmp_path, precision, sparse):
+@STORES
+def test_mixed_precision_keeps_the_weights_finite(tmp_path, precision, objective, sparse):
     data = BlobData()
-    _, _, cb = fit(
-        tmp_path, data=IndexedDataModule(data), epochs=5, precision=precision, callback=LossValCallback(sparse=sparse)
-    )
+    callback = LossValCallback(objective=objective, sparse=sparse)
+    _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=5, precision=precision, callback=callback)
     assert torch.isfinite(cb.values).all()
     assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
 
@@ -320,3 +334,43 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         atomic_write(path, crash)
     assert path.read_text() == "index,value\n0,1.0\n" and list(tmp_path.iterdir()) == [path]
+
+
+def test_label_aware_transport_reads_targets_of_both_sides(tmp_path):
+    data = BlobData(noise_rate=0.2)
+    config = {
+        "normalize_masses": True,
+        "reduction": "normalized",
+        "mass": "exp",
+        "diameter": "validation",
+        "label_weight": 1.0,
+    }
+    _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=3, callback=LossValCallback(objective=config))
+    assert cb._validation.labels is not None and cb._validation.labels.tolist() == data.val_set.tensors[1].tolist()
+    assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
+
+
+def test_resume_with_another_objective_is_refused(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(tmp_path, epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
+    with pytest.raises(ValueError, match=r"differs from this run's in \{'blur': 0.05\}.*resume with objective="):
+        fit(
+            tmp_path,
+            epochs=2,
+            callback=LossValCallback(objective={**dataclasses.asdict(PRESETS["default"]), "blur": 0.1}),
+            ckpt_path=tmp_path / "ckpt" / "last.ckpt",
+        )
+
+
+def test_a_nan_loss_leaves_the_sparse_weights_finite(tmp_path):
+    class NanOnce(Net):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            losses = F.cross_entropy(self(x), y, reduction="none")
+            if batch_idx == 1:
+                losses = losses * float("nan")
+            return self.lossval_loss(losses)
+
+    _, _, cb = fit(tmp_path, model=NanOnce(), epochs=1, limit_train_batches=3)
+    # batch 0 moved its 32 samples; the NaN loss of batch 1 (and the NaN network after it) moved none
+    assert torch.isfinite(cb.values).all() and int((cb.values != 1).sum()) == 32

@@ -179,7 +179,7 @@ def test_print_config_shows_the_lossval_key(capsys):
         LossValCLI(args=["fit", "--config", str(CONFIGS / "default.yaml"), "--print_config"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert "lossval:" in printed and "objective: paper" in printed and "builtin: digits" in printed
+    assert "lossval:" in printed and "objective: default" in printed and "builtin: digits" in printed
 
 
 @pytest.mark.parametrize("config", ["regression.yaml", "paper.yaml", "digits_cnn.yaml"])

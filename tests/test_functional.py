@@ -13,9 +13,15 @@ from lightning_lossval.functional import (
     PRESETS,
     ObjectiveConfig,
     batch_diameter,
+    cloud_diameter,
+    cost_matrix,
     cross_entropy,
+    epsilon_schedule,
+    label_cost,
     lossval_objective,
+    prepare_validation,
     resolve_config,
+    self_potential,
     sinkhorn_distance,
     squared_error,
 )
@@ -72,14 +78,8 @@ def test_paper_preset_defaults():
     cfg = PRESETS["paper"]
     assert cfg == ObjectiveConfig()
     assert (cfg.reduction, cfg.normalize_masses, cfg.ot_exponent) == ("sum", False, 2.0)
-    assert (cfg.blur, cfg.scaling, cfg.p, cfg.debias, cfg.diameter, cfg.backend) == (
-        0.05,
-        0.5,
-        2,
-        True,
-        None,
-        "tensorized",
-    )
+    assert (cfg.blur, cfg.scaling, cfg.p, cfg.debias, cfg.diameter) == (0.05, 0.5, 2, True, "batch")
+    assert (cfg.mass, cfg.label_weight) == ("raw", 0.0)
 
 
 def test_batch_diameter_is_1_1_times_max_distance(batch):
@@ -97,6 +97,125 @@ def test_mean_reduction_and_exponent(batch):
     s = sinkhorn_distance(x, x_val, w)
     assert linear.item() == pytest.approx((w * losses).sum().item() * s.item(), rel=1e-5)
     assert paper.item() == pytest.approx(linear.item() * s.item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------- own Sinkhorn vs geomloss
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("debias", [True, False])
+@pytest.mark.parametrize("masses", ["unit", "normalized", "zero mass"])
+@pytest.mark.parametrize("diameter", [None, 0.01, 25.0])
+def test_sinkhorn_equals_geomloss(p, debias, masses, diameter):
+    # Same algorithm as geomloss's tensorized SamplesLoss: value and gradient in the masses agree.
+    g = torch.Generator().manual_seed(p * 7 + debias)
+    x, y = torch.randn(32, 10, generator=g), torch.randn(100, 10, generator=g) * 1.3 + 0.2
+    w0, b = torch.rand(32, generator=g) + 0.5, torch.ones(100)
+    if masses == "zero mass":
+        w0[:3] = torch.tensor([0.0, -0.5, 0.0])
+
+    def run(fn):
+        w = w0.clone().requires_grad_()
+        a, bb = (w / w.sum(), b / 100) if masses == "normalized" else (w, b)
+        value = fn(a, bb)
+        return value.detach(), torch.autograd.grad(value, w)[0]
+
+    d = diameter if diameter is not None else batch_diameter(x, y)
+    loss = SamplesLoss("sinkhorn", p=p, blur=0.05, scaling=0.5, debias=debias, diameter=d, backend="tensorized")
+    ref, ref_grad = run(lambda a, bb: loss(a, x, bb, y))
+    own, own_grad = run(lambda a, bb: sinkhorn_distance(x, y, a, bb, p=p, debias=debias, diameter=diameter))
+    assert ref.abs() > 1e-2
+    torch.testing.assert_close(own, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(own_grad, ref_grad, rtol=1e-4, atol=1e-5 * ref_grad.abs().max().item())
+
+
+def test_epsilon_schedule_matches_geomloss():
+    from geomloss._legacy.sinkhorn_divergence import epsilon_schedule as geomloss_schedule
+
+    for args in [(2, 7.3, 0.05, 0.5), (2, 0.01, 0.05, 0.5), (1, 30.0, 0.01, 0.7), (2, 3.0, 0.05, 0.9)]:
+        assert epsilon_schedule(*args) == pytest.approx([float(e) for e in geomloss_schedule(*args)], rel=1e-9)
+
+
+def test_precomputed_validation_potential_changes_nothing(batch):
+    x, x_val, _, _, w = batch
+    eps_list = epsilon_schedule(2, 12.0, 0.05, 0.5)
+    potential = self_potential(cost_matrix(x_val, x_val, 2), torch.ones(V), eps_list)
+    direct = sinkhorn_distance(x, x_val, w, diameter=12.0)
+    cached = sinkhorn_distance(x, x_val, w, diameter=12.0, y_potential=potential)
+    assert cached.item() == pytest.approx(direct.item(), rel=1e-6)
+    # the potential passed in is the one used: shifting it by 0.5 shifts the value by -0.5 * sum(b)
+    shifted = sinkhorn_distance(x, x_val, w, diameter=12.0, y_potential=potential + 0.5)
+    assert shifted.item() == pytest.approx(direct.item() - 0.5 * V, rel=1e-5)
+
+
+def test_prepared_validation_equals_per_call_objective(batch):
+    x, x_val, probs, targets, w = batch
+    losses = cross_entropy(probs, targets, probabilities=True)
+    for config in (PRESETS["paper"], ObjectiveConfig(normalize_masses=True, diameter="validation")):
+        prepared = prepare_validation(x_val, None, config)
+        assert (prepared.potential is None) == (config.diameter == "batch")
+        once = lossval_objective(w, losses, x, prepared, config)
+        # the same objective spelled out with sinkhorn_distance, which computes both debias terms itself
+        diameter = None if config.diameter == "batch" else cloud_diameter(x_val)
+        a, b = (w / w.sum(), torch.full((V,), 1.0 / V)) if config.normalize_masses else (w, torch.ones(V))
+        direct = (w * losses).sum() * sinkhorn_distance(x, x_val, a, b, diameter=diameter) ** 2
+        assert once.item() == pytest.approx(direct.item(), rel=1e-5)
+    explicit = ObjectiveConfig(normalize_masses=True, diameter=cloud_diameter(x_val))
+    validation = ObjectiveConfig(normalize_masses=True, diameter="validation")
+    assert lossval_objective(w, losses, x, x_val, validation).item() == pytest.approx(
+        lossval_objective(w, losses, x, x_val, explicit).item(), rel=1e-6
+    )
+
+
+def test_label_cost_classes_and_numeric_targets():
+    classes = torch.tensor([0, 1, 2])
+    torch.testing.assert_close(label_cost(classes, torch.tensor([1, 1]), 3.0), torch.tensor([[3.0, 3], [0, 0], [3, 3]]))
+    numeric = torch.tensor([[0.0], [2.0]])
+    torch.testing.assert_close(label_cost(numeric, torch.tensor([[1.0], [2.0]]), 4.0), torch.tensor([[2.0, 8], [2, 0]]))
+
+
+def test_label_aware_transport_marks_the_mislabeled_sample():
+    # Two well-separated classes; the batch copies validation points, one with the wrong class.
+    g = torch.Generator().manual_seed(3)
+    val_y = torch.arange(20) % 2
+    val_x = torch.randn(20, 2, generator=g) * 0.3 + val_y.unsqueeze(1) * 0.5
+    x, y = val_x[:8].clone(), val_y[:8].clone()
+    y[5] = 1 - y[5]
+    config = ObjectiveConfig(
+        normalize_masses=True, reduction="normalized", mass="sigmoid", diameter="validation", label_weight=1.0
+    )
+    validation = prepare_validation(val_x, val_y, config)
+    w = torch.ones(8, requires_grad=True)
+    objective = lossval_objective(w, torch.ones(8), x, validation, config, labels=y)
+    (grad,) = torch.autograd.grad(objective, w)
+    assert grad.argmax().item() == 5  # descending the objective lowers its weight the most
+    # without labels the transport cannot see it: the batch is a copy of validation points
+    blind = ObjectiveConfig(normalize_masses=True, reduction="normalized", mass="sigmoid", diameter="validation")
+    w2 = torch.ones(8, requires_grad=True)
+    (grad2,) = torch.autograd.grad(lossval_objective(w2, torch.ones(8), x, val_x, blind), w2)
+    assert grad2.argmax().item() != 5
+    with pytest.raises(ValueError, match="validation targets"):
+        prepare_validation(val_x, None, config)
+    with pytest.raises(ValueError, match="batch's targets"):
+        lossval_objective(w, torch.ones(8), x, validation, config)
+
+
+def test_positive_weights_and_normalized_reduction(batch):
+    x, x_val, probs, targets, w = batch
+    losses = cross_entropy(probs, targets, probabilities=True)
+    config = ObjectiveConfig(normalize_masses=True, reduction="normalized", mass="exp")
+    raw = w - 1.5  # some raw weights negative: the masses exp(w - 1) stay positive
+    assert (raw < 0).any()
+    value = lossval_objective(raw, losses, x, x_val, config)
+    masses = torch.exp(raw - 1)
+    by_hand = (
+        (masses * losses).sum()
+        / masses.sum()
+        * sinkhorn_distance(x, x_val, masses / masses.sum(), torch.full((V,), 1.0 / V)) ** 2
+    )
+    assert value.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    # scaling every mass together (a shift of the raw weights) changes nothing
+    assert lossval_objective(raw + 0.7, losses, x, x_val, config).item() == pytest.approx(value.item(), rel=1e-5)
 
 
 # --------------------------------------------------------------------------- closed forms
@@ -315,7 +434,7 @@ def test_resolve_config_dict():
     assert isinstance(cfg, ObjectiveConfig)
     assert (cfg.reduction, cfg.blur, cfg.normalize_masses) == ("mean", 0.1, True)
     # untouched fields keep the paper defaults
-    assert cfg.scaling == 0.5 and cfg.ot_exponent == 2.0 and cfg.diameter is None
+    assert cfg.scaling == 0.5 and cfg.ot_exponent == 2.0 and cfg.diameter == "batch"
     assert resolve_config({}) == PRESETS["paper"]
 
 
@@ -338,6 +457,12 @@ def test_resolve_config_errors():
         ({"scaling": 1.5}, "scaling"),
         ({"reduction": "max"}, "reduction"),
         ({"diameter": 0.0}, "diameter"),
+        ({"diameter": "auto"}, "diameter"),
+        ({"p": 3}, "p must be"),
+        ({"label_weight": -1.0}, "label_weight"),
+        ({"reduction": "median"}, "normalized"),
+        ({"diameter": None}, "'batch'"),
+        ({"reduction": "normalized"}, "mass='exp' or mass='sigmoid'"),
     ],
 )
 def test_invalid_config_values(fields, message):
@@ -386,3 +511,38 @@ def test_coalesce_sums_duplicates():
 
     index, summed = coalesce(torch.tensor([4, 1, 4, 2]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
     assert index.tolist() == [1, 2, 4] and summed.tolist() == [2.0, 4.0, 4.0]
+
+
+def test_normalized_step_keeps_ratios_moves_only_the_batch_and_clips():
+    from lightning_lossval.functional import normalized_step
+
+    weights = torch.ones(6)
+    grad = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    normalized_step(weights, torch.tensor([0, 2, 3, 5]), grad, lr=0.1, clip=10.0)
+    rms = grad.pow(2).mean().sqrt()
+    torch.testing.assert_close(
+        weights, 1 - 0.1 * torch.tensor([1.0, 0, -2.0, 0.5, 0, 0.0]) / rms * torch.tensor([1, 0, 1, 1, 0, 1])
+    )
+    assert weights[[1, 4]].tolist() == [1.0, 1.0]  # not in the batch: untouched
+    # scale-free: the same gradients times 1000 make the same step
+    scaled = torch.ones(6)
+    normalized_step(scaled, torch.tensor([0, 2, 3, 5]), grad * 1000, lr=0.1, clip=10.0)
+    torch.testing.assert_close(scaled, weights)
+    # one outlier among small gradients moves by at most lr * clip
+    clipped = torch.ones(4)
+    normalized_step(clipped, torch.arange(4), torch.tensor([100.0, 0.1, -0.1, 0.1]), lr=0.1, clip=1.5)
+    assert clipped[0].item() == pytest.approx(1 - 0.15)
+    # an all-zero gradient (e.g. every mass saturated) moves nothing and makes no NaN
+    zero = torch.ones(3)
+    normalized_step(zero, torch.arange(3), torch.zeros(3), lr=0.1)
+    assert zero.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_weight_mass():
+    from lightning_lossval.functional import weight_mass
+
+    w = torch.tensor([-3.0, 1.0, 5.0])
+    assert weight_mass(w, "raw").tolist() == w.tolist()
+    torch.testing.assert_close(weight_mass(w, "exp"), torch.exp(w - 1))
+    sig = weight_mass(w, "sigmoid")
+    assert sig[1].item() == pytest.approx(1.0) and 0 < sig[0] < 1e-6 * 1e2 and 1.99 < sig[2] < 2
