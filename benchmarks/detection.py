@@ -7,7 +7,7 @@ validation rows), then value the training rows with each method and score the va
 the known noisy rows: 2-means F1 (the noise rate unused), F1 at the noise rate, AUROC.
 
 Methods: LossVal with the paper preset (reference MLP, batch 32, Adam 0.01, --epochs) and with
-this project's default configuration (computed once while it equals the paper preset), random
+this project's default configuration (same network and epochs; computed once if it equals the paper preset), random
 values, the per-sample training loss of the same network trained without LossVal (small-loss),
 KNN-Shapley (Jia et al. 2019, classification), Data-OOB with bagged decision trees (Kwon & Zou
 2023), and cleanlab's label-quality scores from 5-fold logistic-regression probabilities
@@ -155,7 +155,7 @@ def test_score(model: MLP, d: dict) -> float:
 def lossval(d: dict, epochs: int, seed: int, objective) -> tuple[torch.Tensor, float]:
     L.seed_everything(seed, verbose=False)
     model = mlp(d)
-    callback = LossValCallback(val_data=d["xv"], objective=objective, sparse=False, export=False, show=0)
+    callback = LossValCallback(val_data=d["xv"], objective=objective, export=False, show=0)
     loader = index_dataloader(DataLoader(TensorDataset(d["x"], d["y"]), batch_size=32, shuffle=True), seed=seed)
     trainer(epochs, [callback]).fit(model, train_dataloaders=loader)
     return callback.values, test_score(model, d)
@@ -282,9 +282,44 @@ def run_job(job: tuple) -> list[dict]:
 
 # ----------------------------------------------------------------------------- report
 def mean_se(xs: list[float]) -> str:
+    if not xs:
+        return "–"
     if len(xs) < 2:
         return f"{statistics.fmean(xs):.3f}"
     return f"{statistics.fmean(xs):.3f} ± {statistics.stdev(xs) / math.sqrt(len(xs)):.3f}"
+
+
+def per_seed_f1(rows: list[dict], method: str, kind: str | None) -> dict[int, float]:
+    """Seed -> 2-means F1 of ``method`` averaged over datasets and rates (and kinds when ``kind`` is None)."""
+    by_seed = defaultdict(list)
+    for r in rows:
+        if r["method"] == method and kind in (None, r["kind"]):
+            by_seed[r["seed"]].append(r["f1"])
+    return {s: statistics.fmean(v) for s, v in by_seed.items()}
+
+
+def default_vs_paper(rows: list[dict], task: str) -> list[str]:
+    """The project's default against the paper preset and the best baseline, with paired differences."""
+    baselines = [m for m in dict.fromkeys(r["method"] for r in rows) if not m.startswith(("LossVal", "random"))]
+    if "LossVal (default)" not in {r["method"] for r in rows} or not baselines:
+        return []
+    best = max(baselines, key=lambda m: statistics.fmean(per_seed_f1(rows, m, None).values()))
+    lines = [
+        f"### {task.capitalize()}: default vs paper preset (2-means F1)",
+        "",
+        "| | " + " | ".join(KINDS) + " | average |",
+        "|---|" + "---:|" * (len(KINDS) + 1),
+    ]
+    kinds = [*KINDS, None]
+    for method in ("LossVal (paper)", "LossVal (default)", best):
+        cells = [mean_se(list(per_seed_f1(rows, method, k).values())) for k in kinds]
+        lines.append(f"| {method}{' (best baseline)' if method == best else ''} | " + " | ".join(cells) + " |")
+    cells = []
+    for k in kinds:
+        paper, default = per_seed_f1(rows, "LossVal (paper)", k), per_seed_f1(rows, "LossVal (default)", k)
+        cells.append(mean_se([default[s] - paper[s] for s in paper if s in default]))
+    lines += ["| default − paper (paired by seed) | " + " | ".join(cells) + " |", ""]
+    return lines
 
 
 def summarise(records: list[dict], command: str, seconds: float) -> str:
@@ -302,6 +337,7 @@ def summarise(records: list[dict], command: str, seconds: float) -> str:
             continue
         datasets = sorted({r["dataset"] for r in rows})
         methods = list(dict.fromkeys(r["method"] for r in rows))
+        lines += default_vs_paper(rows, task)
         for metric, title in (("f1", "2-means detection F1"), ("auroc", "AUROC"), ("f1_rate", "F1 at the noise rate")):
             lines += [
                 f"### {task.capitalize()}: {title} ({', '.join(datasets)})",

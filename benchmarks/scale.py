@@ -77,7 +77,7 @@ def step_times(n: int, sparse: bool, steps: int, devices: int, root: str) -> lis
         strategy="ddp" if devices > 1 else "auto",
         limit_val_batches=0,
         default_root_dir=root,
-        callbacks=[LossValCallback(sparse=sparse, export=False, show=0), clock],
+        callbacks=[LossValCallback(objective="paper", sparse=sparse, export=False, show=0), clock],
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
