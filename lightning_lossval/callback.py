@@ -94,7 +94,8 @@ class LossValCallback(Callback):
             features, a ``Dataset`` or ``DataLoader`` whose batches go through the module's
             ``lossval_features``, a ``(inputs, targets)`` tuple of tensors, or ``None`` for the
             DataModule's ``val_dataloader``.
-        lr: learning rate of the weights (paper: 0.01, the same Adam as the network).
+        lr: step size of the weights' update (0.01: the paper's Adam learning rate; with the default
+            objective each visit moves a sample by at most ``2 * lr``).
         objective: a preset name, an :class:`ObjectiveConfig` or a dict of its fields (unset
             fields take the paper's values). ``"default"``: this project's configuration
             (normalized masses and loss, saturating positive masses, the normalized sparse step;
