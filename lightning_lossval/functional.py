@@ -342,7 +342,7 @@ class Validation(NamedTuple):
     labels: Tensor | None  # [V] classes or [V, K] numeric targets, when the objective uses labels
     masses: Tensor  # [V]
     label_scale: float  # label_weight times the mean validation cost
-    diameter: float | None  # None: per batch
+    schedule: list[float] | None  # the annealing temperatures; None: from each batch's diameter
     potential: Tensor | None  # the debias potential, when the schedule is fixed
 
 
@@ -380,11 +380,9 @@ def prepare_validation(features: Tensor, labels: Tensor | None, config: Objectiv
             diameter = math.sqrt(diameter**2 + 2 * label_scale) if config.p == 2 else diameter + label_scale
         else:
             diameter = float(config.diameter)
-        diameter = max(diameter, config.blur)
-        potential = None
-        if config.debias:
-            potential = self_potential(cost, masses, epsilon_schedule(config.p, diameter, config.blur, config.scaling))
-        return Validation(features, labels, masses, label_scale, diameter, potential)
+        schedule = epsilon_schedule(config.p, max(diameter, config.blur), config.blur, config.scaling)
+        potential = self_potential(cost, masses, schedule) if config.debias else None
+        return Validation(features, labels, masses, label_scale, schedule, potential)
 
 
 def lossval_objective(
@@ -415,8 +413,9 @@ def lossval_objective(
     x, y = features.detach().float(), validation.features
     if x.dim() != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"features must be [B, {y.shape[1]}] like the validation features, got {tuple(x.shape)}")
-    diameter = batch_diameter(x, y) if validation.diameter is None else validation.diameter
-    eps_list = epsilon_schedule(config.p, diameter, config.blur, config.scaling)
+    eps_list = validation.schedule
+    if eps_list is None:
+        eps_list = epsilon_schedule(config.p, batch_diameter(x, y), config.blur, config.scaling)
     with torch.autocast(x.device.type, enabled=False):
         c_xy = cost_matrix(x, y, config.p)
         c_xx = cost_matrix(x, x, config.p) if config.debias else None

@@ -82,16 +82,18 @@ class SparseWeights:
     ) -> None:
         self.lr, self.update, self.betas, self.eps = lr, update, betas, eps
         self.weights = torch.ones(n)
-        self.exp_avg = torch.zeros(n)
-        self.exp_avg_sq = torch.zeros(n)
-        self.steps = torch.zeros(n, dtype=torch.int32)
+        if update == "adam":  # the normalized step keeps no state besides the weights
+            self.exp_avg = torch.zeros(n)
+            self.exp_avg_sq = torch.zeros(n)
+            self.steps = torch.zeros(n, dtype=torch.int32)
         self.pending: list[tuple[Tensor, Tensor]] = []  # (index, leaf) of each micro-batch since the last step
 
     def numel(self) -> int:
         return self.weights.numel()
 
     def _tensors(self) -> dict[str, Tensor]:
-        return {"weights": self.weights, "exp_avg": self.exp_avg, "exp_avg_sq": self.exp_avg_sq, "steps": self.steps}
+        names = ("weights", "exp_avg", "exp_avg_sq", "steps") if self.update == "adam" else ("weights",)
+        return {name: getattr(self, name) for name in names}
 
     def start(self, trainer: Trainer, optimizer: Optimizer) -> None:
         device = trainer.lightning_module.device
