@@ -289,12 +289,12 @@ def mean_se(xs: list[float]) -> str:
     return f"{statistics.fmean(xs):.3f} ± {statistics.stdev(xs) / math.sqrt(len(xs)):.3f}"
 
 
-def per_seed_f1(rows: list[dict], method: str, kind: str | None) -> dict[int, float]:
-    """Seed -> 2-means F1 of ``method`` averaged over datasets and rates (and kinds when ``kind`` is None)."""
+def per_seed(rows: list[dict], method: str, kind: str | None, metric: str = "f1") -> dict[int, float]:
+    """Seed -> ``metric`` of ``method`` averaged over datasets and rates (and kinds when ``kind`` is None)."""
     by_seed = defaultdict(list)
     for r in rows:
         if r["method"] == method and kind in (None, r["kind"]):
-            by_seed[r["seed"]].append(r["f1"])
+            by_seed[r["seed"]].append(r[metric])
     return {s: statistics.fmean(v) for s, v in by_seed.items()}
 
 
@@ -303,7 +303,7 @@ def default_vs_paper(rows: list[dict], task: str) -> list[str]:
     baselines = [m for m in dict.fromkeys(r["method"] for r in rows) if not m.startswith(("LossVal", "random"))]
     if "LossVal (default)" not in {r["method"] for r in rows} or not baselines:
         return []
-    best = max(baselines, key=lambda m: statistics.fmean(per_seed_f1(rows, m, None).values()))
+    best = max(baselines, key=lambda m: statistics.fmean(per_seed(rows, m, None).values()))
     lines = [
         f"### {task.capitalize()}: default vs paper preset (2-means F1)",
         "",
@@ -312,11 +312,11 @@ def default_vs_paper(rows: list[dict], task: str) -> list[str]:
     ]
     kinds = [*KINDS, None]
     for method in ("LossVal (paper)", "LossVal (default)", best):
-        cells = [mean_se(list(per_seed_f1(rows, method, k).values())) for k in kinds]
+        cells = [mean_se(list(per_seed(rows, method, k).values())) for k in kinds]
         lines.append(f"| {method}{' (best baseline)' if method == best else ''} | " + " | ".join(cells) + " |")
     cells = []
     for k in kinds:
-        paper, default = per_seed_f1(rows, "LossVal (paper)", k), per_seed_f1(rows, "LossVal (default)", k)
+        paper, default = per_seed(rows, "LossVal (paper)", k), per_seed(rows, "LossVal (default)", k)
         cells.append(mean_se([default[s] - paper[s] for s in paper if s in default]))
     lines += ["| default − paper (paired by seed) | " + " | ".join(cells) + " |", ""]
     return lines
@@ -346,18 +346,8 @@ def summarise(records: list[dict], command: str, seconds: float) -> str:
                 "|---|" + "---:|" * (len(KINDS) + 1),
             ]
             for method in methods:
-                per_seed = defaultdict(lambda: defaultdict(list))  # kind -> seed -> metric values
-                for r in rows:
-                    if r["method"] == method:
-                        per_seed[r["kind"]][r["seed"]].append(r[metric])
-                if not per_seed:
-                    continue
-                cells = [
-                    mean_se([statistics.fmean(v) for v in per_seed[k].values()]) if per_seed[k] else "–" for k in KINDS
-                ]
-                seeds = {s for k in per_seed for s in per_seed[k]}
-                average = [statistics.fmean([x for k in per_seed for x in per_seed[k].get(s, [])]) for s in seeds]
-                lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean_se(average)} |")
+                cells = [mean_se(list(per_seed(rows, method, k, metric).values())) for k in (*KINDS, None)]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
             lines.append("")
         for kind in KINDS:
             if not any(r["kind"] == kind for r in rows):

@@ -229,6 +229,15 @@ def label_cost(labels: Tensor, other: Tensor, scale: float) -> Tensor:
     return cost_matrix(labels, other, 2) * scale
 
 
+def ground_cost(
+    x: Tensor, y: Tensor, p: int, x_labels: Tensor | None = None, y_labels: Tensor | None = None, scale: float = 0.0
+) -> Tensor:
+    """The transport's ground cost ``[N, M]``: :func:`cost_matrix` plus, when labels are given,
+    :func:`label_cost` with ``scale``."""
+    cost = cost_matrix(x, y, p)
+    return cost if x_labels is None else cost + label_cost(x_labels, y_labels, scale)
+
+
 def _lse(eps: float, cost: Tensor, log_w: Tensor, potential: Tensor) -> Tensor:
     """``log sum_j w_j exp((g_j - C_ij) / eps)``, ``[N]``, for ``potential`` ``g`` ``[M]``.
 
@@ -416,20 +425,16 @@ def lossval_objective(
     eps_list = validation.schedule
     if eps_list is None:
         eps_list = epsilon_schedule(config.p, batch_diameter(x, y), config.blur, config.scaling)
+    if validation.labels is not None and labels is None:
+        raise ValueError("label_weight > 0 needs the batch's targets: pass labels=...")
+    y_labels, scale = validation.labels, validation.label_scale
+    x_labels = None if y_labels is None else labels
     with torch.autocast(x.device.type, enabled=False):
-        c_xy = cost_matrix(x, y, config.p)
-        c_xx = cost_matrix(x, x, config.p) if config.debias else None
+        c_xy = ground_cost(x, y, config.p, x_labels, y_labels, scale)
+        c_xx = ground_cost(x, x, config.p, x_labels, x_labels, scale) if config.debias else None
         c_yy = None
-        if validation.labels is not None:
-            if labels is None:
-                raise ValueError("label_weight > 0 needs the batch's targets: pass labels=...")
-            c_xy = c_xy + label_cost(labels, validation.labels, validation.label_scale)
-            if c_xx is not None:
-                c_xx = c_xx + label_cost(labels, labels, validation.label_scale)
         if config.debias and validation.potential is None:
-            c_yy = cost_matrix(y, y, config.p)
-            if validation.labels is not None:
-                c_yy = c_yy + label_cost(validation.labels, validation.labels, validation.label_scale)
+            c_yy = ground_cost(y, y, config.p, y_labels, y_labels, scale)
         ot = _divergence(a, validation.masses, c_xy, c_xx, c_yy, eps_list, validation.potential)
     return loss * ot**config.ot_exponent
 

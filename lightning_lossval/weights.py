@@ -7,9 +7,10 @@ all of them (Adam's momentum moves samples that were not in the batch) and DDP a
 
 ``SparseWeights``: a tensor held by the callback, outside the module and the DDP bucket. Each
 optimizer step gathers the batch's ``(index, gradient)`` pairs from all ranks and updates those
-samples only (the normalized step or a per-sample Adam), so traffic and compute depend on the batch size, not on
-``N``, and a sample moves only on steps that saw it. Every rank applies the same update, so the
-ranks stay identical. It keeps its own optimizer state, saved in the callback's checkpoint state.
+samples only (the normalized step or a per-sample Adam), so traffic and compute depend on the
+batch size, not on ``N``, and a sample moves only on steps that saw it. Every rank applies the
+same update, so the ranks stay identical. Its state (weights, and Adam's moments when it uses
+Adam) is saved in the callback's checkpoint state.
 """
 
 from __future__ import annotations
