@@ -72,7 +72,8 @@ class LossValCallback(Callback):
       step the batch's ``(index, gradient)`` pairs are gathered from all ranks and the
       objective's ``update`` (normalized step or per-sample Adam) moves those samples only.
       Per-step cost depends on the batch, not on ``N``.
-    - ``on_fit_start`` also computes the validation features once.
+    - ``on_fit_start`` also computes the validation features once (in eval mode), or at every
+      epoch start when the module sets ``lossval_refresh_validation`` (features from the network).
     - every ``log_every_n_steps`` and at each epoch end (rank zero): a weight histogram and the
       scalars ``lossval/weight_mean``, ``_std``, ``_min`` and ``_frac_below_init``; at epoch ends,
       when the noisy rows are known, ``lossval/detection_f1``, ``f1_at_noise_rate``, ``auroc`` and
@@ -142,6 +143,7 @@ class LossValCallback(Callback):
         self.values_path: Path | None = None
         self._store: DenseWeights | SparseWeights | None = None
         self._validation: Validation | None = None
+        self._validation_epoch = -1  # the epoch whose start computed the validation features
         self._step: Indexed | None = None
         self._objective_calls = 0
         self._checked_shapes = False
@@ -223,9 +225,15 @@ class LossValCallback(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._store.start(trainer, self._optimizer(trainer))
         self._validation = prepare_validation(*self._validation_data(trainer, pl_module), self.config)
+        self._validation_epoch = trainer.current_epoch
         self._noisy = self._noisy_mask(trainer)
         self._checked_shapes = False
         self._last_logged_step = -1
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if pl_module.lossval_refresh_validation and trainer.current_epoch > self._validation_epoch:
+            self._validation = prepare_validation(*self._validation_data(trainer, pl_module), self.config)
+            self._validation_epoch = trainer.current_epoch
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if optimizer is self._optimizer(trainer):
@@ -351,12 +359,18 @@ class LossValCallback(Callback):
         if isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
             data = torch.utils.data.TensorDataset(*data)
         labels = None
+        if isinstance(data, Tensor) and pl_module.lossval_refresh_validation:
+            raise DataError(
+                f"{type(pl_module).__name__} computes its LossVal features with the network "
+                "(lossval_refresh_validation), so val_data must hold inputs, not features: pass an (inputs, targets) "
+                "tuple, a Dataset or a DataLoader"
+            )
         if isinstance(data, Tensor):
             features = data
         else:
             loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=1024)
             parts, targets = [], []
-            with torch.no_grad():
+            with _eval_mode(pl_module), torch.no_grad():  # features from the network: no BatchNorm updates
                 for batch in loader:
                     batch = move_data_to_device(batch, pl_module.device)
                     parts.append(pl_module.lossval_features(batch))
@@ -460,13 +474,20 @@ def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_si
     """``lossval_predict`` over the whole training set in index order, on this process."""
     train = trainer.train_dataloader
     loader = DataLoader(train.dataset, batch_size=batch_size, collate_fn=train.collate_fn)
-    was_training = pl_module.training
-    pl_module.eval()
-    try:
+    with _eval_mode(pl_module):
         parts = [pl_module.lossval_predict(move_data_to_device(b.data, pl_module.device)).cpu() for b in loader]
-    finally:
-        pl_module.train(was_training)
     return torch.cat(parts)
+
+
+@contextlib.contextmanager
+def _eval_mode(module: LightningModule):
+    """The module in eval mode for a moment (no dropout, BatchNorm statistics untouched)."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 @contextlib.contextmanager

@@ -35,8 +35,15 @@ class LossValMixin:
     the rest of the loss by ``1 / accumulate_grad_batches``.
 
     Override :meth:`lossval_features` to compare something other than the flattened inputs with
-    the validation set; it is applied to training batches and to validation batches alike.
+    the validation set; it is applied to training batches and to validation batches alike. When
+    those features come from the network itself (an embedding), set
+    ``lossval_refresh_validation = True`` so that the validation features follow the network.
     """
+
+    lossval_refresh_validation: bool = False
+    """``True`` when :meth:`lossval_features` depends on the module's parameters: the callback then
+    recomputes the validation features (in eval mode) at the start of every training epoch instead
+    of once per fit."""
 
     def lossval_loss(self, losses: Tensor, features: Tensor | None = None) -> Tensor:
         """Reduce per-sample ``losses`` ``[B]`` to the training loss.

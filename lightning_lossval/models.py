@@ -17,6 +17,7 @@ from lightning_lossval.errors import DataError
 from lightning_lossval.functional import cross_entropy, squared_error
 from lightning_lossval.mixin import LossValMixin
 
+LOSSVAL_SPACES = ("inputs", "embedding")
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn.ELU}
 
 
@@ -29,9 +30,12 @@ class TaskModule(LossValMixin, L.LightningModule):
 
     probabilities = False
 
-    def __init__(self, lr: float) -> None:
+    def __init__(self, lr: float, lossval_space: str = "inputs") -> None:
         super().__init__()
+        if lossval_space not in LOSSVAL_SPACES:
+            raise DataError(f"lossval_space must be one of {LOSSVAL_SPACES}, got {lossval_space!r}")
         self.lr = lr
+        self.lossval_refresh_validation = lossval_space == "embedding"
         self.net: nn.Module | None = None
 
     def _build_if_sized(self) -> None:
@@ -66,6 +70,18 @@ class TaskModule(LossValMixin, L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The network's last hidden representation of ``x``: the input of its final linear layer."""
+        last = max(i for i, module in enumerate(self.net) if isinstance(module, nn.Linear))
+        return self.net[:last](x)
+
+    def lossval_features(self, batch) -> Tensor:
+        """The flattened inputs, or with ``lossval_space="embedding"`` the detached :meth:`embed`."""
+        if not self.lossval_refresh_validation:
+            return super().lossval_features(batch)
+        with torch.no_grad():
+            return self.embed(batch[0]).flatten(1)
 
     def per_sample_losses(self, batch) -> tuple[Tensor, Tensor]:
         """``(losses [B], outputs)`` of a batch."""
@@ -110,6 +126,9 @@ class MLP(TaskModule):
         dropout: dropout after each hidden activation.
         probabilities: classification only: end in a softmax and score probabilities.
         lr: Adam learning rate of the network.
+        lossval_space: where LossVal's transport term compares a batch with the validation set:
+            ``"inputs"`` (the feature rows) or ``"embedding"`` (the last hidden layer, recomputed
+            for the validation set at every epoch start).
         task, num_inputs, num_outputs: default to the DataModule's.
     """
 
@@ -122,11 +141,12 @@ class MLP(TaskModule):
         dropout: float = 0.0,
         probabilities: bool = False,
         lr: float = 0.01,
+        lossval_space: str = "inputs",
         task: str | None = None,
         num_inputs: int | None = None,
         num_outputs: int | None = None,
     ) -> None:
-        super().__init__(lr)
+        super().__init__(lr, lossval_space)
         if preset not in ("custom", "paper"):
             raise DataError(f"MLP preset must be 'custom' or 'paper', got {preset!r}")
         if activation not in ACTIVATIONS:
@@ -161,6 +181,7 @@ class CNN(TaskModule):
     Each row of ``num_inputs`` values is reshaped to ``image_shape`` (channels, height, width);
     each entry of ``channels`` adds a 3x3 convolution, ReLU and 2x2 max-pool (while the image is
     at least 2 pixels wide), then global average pooling and a linear classifier.
+    ``lossval_space="embedding"`` compares the pooled features instead of the pixels (see :class:`MLP`).
     """
 
     def __init__(
@@ -168,11 +189,12 @@ class CNN(TaskModule):
         image_shape: list[int] = [1, 8, 8],  # noqa: B006 (a plain list keeps the CLI type simple)
         channels: list[int] = [16, 32],  # noqa: B006
         lr: float = 0.01,
+        lossval_space: str = "inputs",
         task: str | None = None,
         num_inputs: int | None = None,
         num_outputs: int | None = None,
     ) -> None:
-        super().__init__(lr)
+        super().__init__(lr, lossval_space)
         self._build_if_sized()
 
     def build(self, num_inputs: int, num_outputs: int, task: str) -> nn.Module:

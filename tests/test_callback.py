@@ -17,7 +17,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.functional.classification import binary_auroc
 
 from lightning_lossval import IndexedDataModule, LossValCallback
+from lightning_lossval.errors import DataError
 from lightning_lossval.functional import PRESETS
+from lightning_lossval.models import MLP
 from lightning_lossval.weights import GROUP_NAME
 
 
@@ -374,3 +376,51 @@ def test_a_nan_loss_leaves_the_sparse_weights_finite(tmp_path):
     _, _, cb = fit(tmp_path, model=NanOnce(), epochs=1, limit_train_batches=3)
     # batch 0 moved its 32 samples; the NaN loss of batch 1 (and the NaN network after it) moved none
     assert torch.isfinite(cb.values).all() and int((cb.values != 1).sum()) == 32
+
+
+class _ValidationSpy(L.Callback):
+    """Records, at every epoch start after LossVal's refresh, its validation features and the network's."""
+
+    def __init__(self, lossval: LossValCallback, x_val: torch.Tensor):
+        self.lossval, self.x_val, self.seen = lossval, x_val, []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        training = pl_module.training
+        pl_module.eval()  # dropout off, as for LossVal's validation features
+        with torch.no_grad():
+            expected = pl_module.embed(self.x_val) if pl_module.lossval_refresh_validation else self.x_val
+        pl_module.train(training)
+        self.seen.append((self.lossval._validation.features.clone(), expected, training))
+
+
+@pytest.mark.parametrize("space", ["inputs", "embedding"])
+def test_embedding_space_follows_the_network_every_epoch(tmp_path, space):
+    data = BlobData()
+    x_val = data.val_set.tensors[0]
+    sizes = dict(task="classification", num_inputs=8, num_outputs=3)
+    model = MLP(layers=3, width=16, dropout=0.5, lossval_space=space, **sizes)
+    callback = LossValCallback()
+    spy = _ValidationSpy(callback, x_val)
+    fit(tmp_path, model=model, data=IndexedDataModule(data), epochs=3, callback=callback, callbacks=[spy])
+    features = [f for f, _, _ in spy.seen]
+    for got, expected, training in spy.seen:  # eval-mode features of this epoch's network; training resumes after
+        assert torch.allclose(got, expected, atol=1e-6) and training
+    if space == "inputs":
+        assert all(torch.equal(f, x_val) for f in features)
+    else:
+        assert features[0].shape == (len(x_val), 16)
+        assert not torch.allclose(features[0], features[1]) and not torch.allclose(features[1], features[2])
+    assert torch.isfinite(callback.values).all() and (callback.values != 1).any()
+
+
+def test_embedding_space_needs_validation_inputs(tmp_path):
+    data = BlobData()
+    model = MLP(lossval_space="embedding", task="classification", num_inputs=8, num_outputs=3)
+    with pytest.raises(DataError, match=r"val_data must hold inputs, not features: pass an \(inputs, targets\)"):
+        callback = LossValCallback(val_data=data.val_set.tensors[0])
+        fit(tmp_path, model=model, data=IndexedDataModule(data), callback=callback)
+
+
+def test_unknown_lossval_space_is_refused():
+    with pytest.raises(DataError, match=r"lossval_space must be one of \('inputs', 'embedding'\), got 'pixels'"):
+        MLP(lossval_space="pixels")
