@@ -71,10 +71,13 @@ class TaskModule(LossValMixin, L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
+    def _head_start(self) -> int:
+        """Index in ``self.net`` of the final linear layer (the embedding is everything before it)."""
+        return max(i for i, module in enumerate(self.net) if isinstance(module, nn.Linear))
+
     def embed(self, x: Tensor) -> Tensor:
         """The network's last hidden representation of ``x``: the input of its final linear layer."""
-        last = max(i for i, module in enumerate(self.net) if isinstance(module, nn.Linear))
-        return self.net[:last](x)
+        return self.net[: self._head_start()](x)
 
     def lossval_features(self, batch) -> Tensor:
         """The flattened inputs, or with ``lossval_space="embedding"`` the detached :meth:`embed`."""
@@ -83,17 +86,22 @@ class TaskModule(LossValMixin, L.LightningModule):
         with torch.no_grad():
             return self.embed(batch[0]).flatten(1)
 
-    def per_sample_losses(self, batch) -> tuple[Tensor, Tensor]:
-        """``(losses [B], outputs)`` of a batch."""
+    def per_sample_losses(self, batch, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(losses [B], outputs)`` of a batch (from its :meth:`embed` ``hidden`` when given)."""
         x, y = batch
-        out = self(x)
+        out = self(x) if hidden is None else self.net[self._head_start() :](hidden)
         if self.hparams.task == "classification":
             return cross_entropy(out, y, probabilities=self.probabilities), out
         return squared_error(out, y), out
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        losses, _ = self.per_sample_losses(batch)
-        loss = self.lossval_loss(losses)
+        if self.lossval_refresh_validation:  # one forward gives the loss and the transport's features
+            hidden = self.embed(batch[0])
+            losses, _ = self.per_sample_losses(batch, hidden)
+            loss = self.lossval_loss(losses, hidden.detach().flatten(1))
+        else:
+            losses, _ = self.per_sample_losses(batch)
+            loss = self.lossval_loss(losses)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
