@@ -224,16 +224,14 @@ class LossValCallback(Callback):
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._store.start(trainer, self._optimizer(trainer))
-        self._validation = prepare_validation(*self._validation_data(trainer, pl_module), self.config)
-        self._validation_epoch = trainer.current_epoch
+        self._prepare_validation(trainer, pl_module)
         self._noisy = self._noisy_mask(trainer)
         self._checked_shapes = False
         self._last_logged_step = -1
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if pl_module.lossval_refresh_validation and trainer.current_epoch > self._validation_epoch:
-            self._validation = prepare_validation(*self._validation_data(trainer, pl_module), self.config)
-            self._validation_epoch = trainer.current_epoch
+            self._prepare_validation(trainer, pl_module)
 
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if optimizer is self._optimizer(trainer):
@@ -346,6 +344,11 @@ class LossValCallback(Callback):
             )
         return trainer.optimizers[self.optimizer_index]
 
+    def _prepare_validation(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """The validation side of the objective from the module as it is now."""
+        self._validation = prepare_validation(*self._validation_data(trainer, pl_module), self.config)
+        self._validation_epoch = trainer.current_epoch
+
     def _validation_data(self, trainer: Trainer, pl_module: LightningModule) -> tuple[Tensor, Tensor | None]:
         """The validation features ``[V, D]`` and, for label-aware transport, their targets (else ``None``)."""
         data = self.val_data
@@ -358,13 +361,13 @@ class LossValCallback(Callback):
             data = datamodule.val_dataloader()
         if isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
             data = torch.utils.data.TensorDataset(*data)
-        labels = None
         if isinstance(data, Tensor) and pl_module.lossval_refresh_validation:
             raise DataError(
                 f"{type(pl_module).__name__} computes its LossVal features with the network "
                 "(lossval_refresh_validation), so val_data must hold inputs, not features: pass an (inputs, targets) "
                 "tuple, a Dataset or a DataLoader"
             )
+        labels = None
         if isinstance(data, Tensor):
             features = data
         else:
