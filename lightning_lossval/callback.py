@@ -99,7 +99,7 @@ class LossValCallback(Callback):
             objective each visit moves a sample by at most ``2 * lr``).
         objective: a preset name, an :class:`ObjectiveConfig` or a dict of its fields (unset
             fields take the paper's values). ``"default"``: this project's configuration
-            (normalized masses and loss, saturating positive masses, the normalized sparse step;
+            (normalized masses and loss, saturating positive masses, the balanced sparse step;
             see ``PRESETS``). ``"paper"``: the reference code's objective and dense Adam.
         optimizer_index: which of the module's optimizers gets the weights.
         log_every_n_steps: histogram and scalar cadence in optimizer steps (default: the
@@ -110,9 +110,9 @@ class LossValCallback(Callback):
         show: how many of the lowest-valued rows to print and log as text at the end of fit.
         sparse: ``False``: dense store in the user's optimizer (reproduces the paper, including
             Adam moving samples outside the batch); ``True``: sparse store with its own per-sample
-            update (the objective's ``update``: lazy Adam with betas 0.9/0.999, or the normalized
-            step); ``None``: sparse from 100,000 training samples on, or whenever the objective's
-            ``update`` is ``"normalized"``.
+            update (the objective's ``update``: lazy Adam with betas 0.9/0.999, or the balanced or
+            normalized step); ``None``: sparse from 100,000 training samples on, or whenever the
+            objective's ``update`` is ``"balanced"`` or ``"normalized"``.
     """
 
     def __init__(
@@ -188,11 +188,11 @@ class LossValCallback(Callback):
         _check_strategy(trainer)
         n = _count_train_samples(trainer)
         sparse = self.sparse if self.sparse is not None else n >= SPARSE_AUTO_THRESHOLD
-        if self.config.update == "normalized":
+        if self.config.update in ("normalized", "balanced"):
             if self.sparse is False:
                 raise ValueError(
-                    "the objective's update='normalized' moves only the batch's samples, which needs the sparse "
-                    "weight store: drop sparse=False (or use update='adam')"
+                    f"the objective's update={self.config.update!r} moves only the batch's samples, which needs the "
+                    "sparse weight store: drop sparse=False (or use update='adam')"
                 )
             sparse = True
         self._store = SparseWeights(n, self.lr, self.config.update) if sparse else DenseWeights(pl_module, n, self.lr)
@@ -321,7 +321,8 @@ class LossValCallback(Callback):
         self._objective_calls += 1
         labels = pl_module.lossval_targets(batch) if self._validation.labels is not None else None
         weights = self._store.select(index)
-        return lossval_objective(weights, losses, features, self._validation, self.config, labels)
+        running = getattr(self._store, "running", None)
+        return lossval_objective(weights, losses, features, self._validation, self.config, labels, running)
 
     def _check_batch(self, index: Tensor, features: Tensor) -> None:
         n = self._store.numel()

@@ -44,8 +44,18 @@ class ObjectiveConfig:
         update: how the weights learn from their gradients. ``"adam"`` (paper): Adam, in the
             user's optimizer (dense store) or per sample (sparse store). ``"normalized"``: each
             step moves the batch's samples only, by ``lr * grad / rms(grad)`` over the batch
-            (:func:`normalized_step`), so samples whose gradient stands out move further; this
-            needs the sparse store.
+            (:func:`normalized_step`), so samples whose gradient stands out move further.
+            ``"balanced"``: the weights do not follow the objective's gradient as it is, but a
+            direction that balances its two parts (:func:`balanced_direction`): a sample's loss
+            deviation from the batch, in units of the running RMS of such deviations, plus
+            ``ot_share`` times its transport potential's deviation, in units of the batch's; the
+            batch's samples then move by that direction divided by its running RMS
+            (:func:`running_step`). It needs normalized masses and the ``"normalized"``
+            reduction. The last two need the sparse store.
+        ot_share: ``"balanced"`` only: the weight of the transport part against the loss part.
+            ``"auto"``: the running mean of the ratio of the two parts in the objective's own
+            gradient, at most ``ot_share_max``; a number fixes it.
+        ot_share_max: the cap of ``ot_share="auto"``.
         ot_exponent: power of the Sinkhorn term (paper: 2).
         blur: entropic blur, a length in feature units (``eps = blur ** p``).
         scaling: ratio between successive blur scales of the annealing (closer to 1: slower,
@@ -69,7 +79,9 @@ class ObjectiveConfig:
     normalize_masses: bool = False
     mass: Literal["raw", "exp", "sigmoid"] = "raw"
     label_weight: float = 0.0
-    update: Literal["adam", "normalized"] = "adam"
+    update: Literal["adam", "normalized", "balanced"] = "adam"
+    ot_share: float | Literal["auto"] = "auto"
+    ot_share_max: float = 0.6
     ot_exponent: float = 2.0
     blur: float = 0.05
     scaling: float = 0.5
@@ -84,8 +96,18 @@ class ObjectiveConfig:
             raise ValueError(f"need blur > 0 and 0 < scaling < 1, got blur={self.blur}, scaling={self.scaling}")
         if self.mass not in ("raw", "exp", "sigmoid"):
             raise ValueError(f"mass must be 'raw', 'exp' or 'sigmoid', got {self.mass!r}")
-        if self.update not in ("adam", "normalized"):
-            raise ValueError(f"update must be 'adam' or 'normalized', got {self.update!r}")
+        if self.update not in ("adam", "normalized", "balanced"):
+            raise ValueError(f"update must be 'adam', 'normalized' or 'balanced', got {self.update!r}")
+        share = self.ot_share
+        if share != "auto" and not (isinstance(share, (int, float)) and not isinstance(share, bool) and share >= 0):
+            raise ValueError(f"ot_share must be 'auto' or a number >= 0, got {share!r}")
+        if not self.ot_share_max > 0:
+            raise ValueError(f"ot_share_max must be > 0, got {self.ot_share_max}")
+        if self.update == "balanced" and not (self.normalize_masses and self.reduction == "normalized"):
+            raise ValueError(
+                "update='balanced' balances the loss and transport parts of a weighted mean over probability "
+                "masses: set normalize_masses=True and reduction='normalized' with it"
+            )
         if self.p not in (1, 2):
             raise ValueError(f"p must be 1 or 2, got {self.p}")
         if self.label_weight < 0:
@@ -109,7 +131,8 @@ PRESETS: dict[str, ObjectiveConfig] = {
     # This project's default, measured against "paper" in benchmarks/RESULTS.md: both terms on
     # probability distributions (the weights' gradient reflects distance and relative loss, not
     # mass mismatch), positive saturating masses (the network never ascends a sample's loss),
-    # a step that moves only the batch and keeps the ratios between its gradients, and a fixed,
+    # a step that moves only the batch and balances the loss and transport evidence (each in
+    # its own units, the transport's share following the objective's own ratio), and a fixed,
     # coarser annealing schedule (7 instead of 11 Sinkhorn iterations at the usual scales; the
     # values did not get worse), so the validation side is computed once and the per-step
     # diameter sync is gone.
@@ -117,7 +140,7 @@ PRESETS: dict[str, ObjectiveConfig] = {
         reduction="normalized",
         normalize_masses=True,
         mass="sigmoid",
-        update="normalized",
+        update="balanced",
         diameter="validation",
         scaling=0.3,
     ),
@@ -294,14 +317,22 @@ def transport_potentials(cost: Tensor, a: Tensor, b: Tensor, eps_list: list[floa
     return _softmin(eps, cost, log_b, g), _softmin(eps, c_yx, log_a, f)
 
 
-def _divergence(
+def _potentials(
     a: Tensor, b: Tensor, c_xy: Tensor, c_xx: Tensor | None, c_yy: Tensor | None, eps_list: list[float], y_potential
-) -> Tensor:
-    """``sum_i a_i f_i + sum_j b_j g_j`` with the (debiased when ``c_xx`` is given) potentials."""
+) -> tuple[Tensor, Tensor]:
+    """The dual potentials ``f`` ``[N]`` and ``g`` ``[M]``, debiased when ``c_xx`` is given."""
     f, g = transport_potentials(c_xy, a.detach(), b.detach(), eps_list)
     if c_xx is not None:
         f = f - self_potential(c_xx, a.detach(), eps_list)
         g = g - (self_potential(c_yy, b, eps_list) if y_potential is None else y_potential)
+    return f, g
+
+
+def _divergence(
+    a: Tensor, b: Tensor, c_xy: Tensor, c_xx: Tensor | None, c_yy: Tensor | None, eps_list: list[float], y_potential
+) -> Tensor:
+    """``sum_i a_i f_i + sum_j b_j g_j`` with the (debiased when ``c_xx`` is given) potentials."""
+    f, g = _potentials(a, b, c_xy, c_xx, c_yy, eps_list, y_potential)
     return (a * f).sum() + (b * g).sum()
 
 
@@ -401,8 +432,15 @@ def lossval_objective(
     validation: Tensor | Validation,
     config: ObjectiveConfig = PRESETS["paper"],
     labels: Tensor | None = None,
+    running: Tensor | None = None,
 ) -> Tensor:
     """The LossVal objective of one batch: ``L_w * OT_w ** config.ot_exponent``.
+
+    With ``config.update == "balanced"`` the value and the network's gradient stay those of the
+    objective, and the weights' gradient becomes :func:`balanced_direction` itself (not times
+    the masses' derivative, so the sigmoid does not slow a sample that has already moved: its
+    weight sums its evidence), which updates the running scales in ``running``
+    (:func:`balanced_state`).
 
     Args:
         weights: ``[B]`` the batch's sample weights (differentiable).
@@ -412,7 +450,10 @@ def lossval_objective(
             features (then prepared on every call).
         config: the objective's options.
         labels: ``[B]`` classes or ``[B, K]`` numeric targets, needed when ``config.label_weight > 0``.
+        running: the ``"balanced"`` update's state, updated in place.
     """
+    if config.update == "balanced" and running is None:
+        raise ValueError("update='balanced' keeps running scales: pass running=balanced_state()")
     if isinstance(validation, Tensor):
         validation = prepare_validation(validation, None, config)
     losses = losses.float()
@@ -435,8 +476,86 @@ def lossval_objective(
         c_yy = None
         if config.debias and validation.potential is None:
             c_yy = ground_cost(y, y, config.p, y_labels, y_labels, scale)
-        ot = _divergence(a, validation.masses, c_xy, c_xx, c_yy, eps_list, validation.potential)
-    return loss * ot**config.ot_exponent
+        f, g = _potentials(a, validation.masses, c_xy, c_xx, c_yy, eps_list, validation.potential)
+        ot = (a * f).sum() + (validation.masses * g).sum()
+    if config.update != "balanced":
+        return loss * ot**config.ot_exponent
+    k, ot, held = config.ot_exponent, ot.detach(), masses.detach()
+    with torch.no_grad():
+        mean_loss = loss.detach()
+        loss_dev, potential_dev = losses.detach() - mean_loss, f - (a.detach() * f).sum()
+        # dJ/dm_i is proportional to ot**k * loss_dev_i + k * mean_loss * ot**(k-1) * potential_dev_i
+        ratio = k * mean_loss * _rms(potential_dev) / (ot * _rms(loss_dev))
+        direction = balanced_direction(loss_dev, potential_dev, ratio, running, config.ot_share, config.ot_share_max)
+    surrogate = (weights.float() * direction).sum()  # its gradient in the weights: the direction itself
+    return weighted_loss(held, losses, config.reduction) * ot**k + (surrogate - surrogate.detach())
+
+
+RUNNING_BETA = 0.99
+"""Memory of the balanced update's running means (about 100 steps), bias-corrected like Adam's."""
+
+
+def balanced_state(device: torch.device | str | None = None) -> Tensor:
+    """The ``"balanced"`` update's running state: (count, sum) pairs for the loss deviations' RMS,
+    the objective's ratio of transport to loss part, and the step's mean square."""
+    return torch.zeros(6, device=device)
+
+
+def _rms(t: Tensor) -> Tensor:
+    return t.pow(2).mean().sqrt()
+
+
+def _running_mean(state: Tensor, slot: int, value: Tensor, valid: Tensor | bool = True) -> Tensor:
+    """Fold ``value`` into the bias-corrected moving average in ``state[2 * slot : 2 * slot + 2]``
+    (skipped where ``valid`` is false) and return the average. No host sync."""
+    valid = torch.as_tensor(valid, device=state.device)
+    count, total = state[2 * slot], state[2 * slot + 1]
+    state[2 * slot] = count + valid.float()
+    state[2 * slot + 1] = torch.where(valid, RUNNING_BETA * total + (1 - RUNNING_BETA) * value, total)
+    debias = (1 - RUNNING_BETA ** state[2 * slot]).clamp_min(torch.finfo(state.dtype).tiny)
+    return state[2 * slot + 1] / debias
+
+
+@torch.no_grad()
+def balanced_direction(
+    loss_dev: Tensor,
+    potential_dev: Tensor,
+    ratio: Tensor,
+    running: Tensor,
+    share: float | str = "auto",
+    share_max: float = 0.6,
+) -> Tensor:
+    """Per-sample direction ``[B]`` of the ``"balanced"`` update (positive: the weight goes down).
+
+    ``loss_dev / A + s * potential_dev / rms(potential_dev)``: ``loss_dev`` ``[B]`` are the
+    losses minus the batch's weighted mean, ``A`` the running mean of their batch RMS (so a batch
+    whose losses barely differ casts a small vote, and one with an outlier a large one);
+    ``potential_dev`` ``[B]`` the transport potentials minus their weighted mean, in units of the
+    batch's spread. ``s`` is ``share``, or with ``"auto"`` the running mean of ``ratio`` (the
+    objective's own ratio of transport to loss part, which is high when the losses have no
+    outliers, i.e. feature rather than label noise) capped at ``share_max``. Updates ``running``.
+    """
+    tiny = torch.finfo(running.dtype).tiny
+    loss_rms = _rms(loss_dev)
+    scale = _running_mean(running, 0, loss_rms, loss_rms > 0)
+    if share == "auto":
+        usable = torch.isfinite(ratio) & (ratio > 0)
+        share = _running_mean(running, 1, torch.where(usable, ratio, 0.0), usable).clamp_max(share_max)
+    return loss_dev / scale.clamp_min(tiny) + share * potential_dev / _rms(potential_dev).clamp_min(tiny)
+
+
+@torch.no_grad()
+def running_step(
+    weights: Tensor, index: Tensor, grad: Tensor, running: Tensor, *, lr: float, clip: float = 2.0
+) -> None:
+    """``w[index] -= lr * clamp(grad / R, -clip, clip)``, in place, for distinct ``index``; ``R`` is
+    the running RMS of the steps' gradients (``running``, :func:`balanced_state`, updated here).
+
+    Like :func:`normalized_step`, but a batch whose samples all look alike moves them little,
+    instead of as far as a batch with a clear outlier.
+    """
+    scale = _running_mean(running, 2, grad.pow(2).mean()).sqrt()
+    weights[index] -= lr * (grad / scale.clamp_min(torch.finfo(grad.dtype).tiny)).clamp(-clip, clip)
 
 
 def coalesce(index: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,10 +7,10 @@ all of them (Adam's momentum moves samples that were not in the batch) and DDP a
 
 ``SparseWeights``: a tensor held by the callback, outside the module and the DDP bucket. Each
 optimizer step gathers the batch's ``(index, gradient)`` pairs from all ranks and updates those
-samples only (the normalized step or a per-sample Adam), so traffic and compute depend on the
-batch size, not on ``N``, and a sample moves only on steps that saw it. Every rank applies the
-same update, so the ranks stay identical. Its state (weights, and Adam's moments when it uses
-Adam) is saved in the callback's checkpoint state.
+samples only (the balanced or normalized step, or a per-sample Adam), so traffic and compute
+depend on the batch size, not on ``N``, and a sample moves only on steps that saw it. Every rank
+applies the same update, so the ranks stay identical. Its state (weights, Adam's moments or the balanced
+update's running scales) is saved in the callback's checkpoint state.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_lossval.functional import coalesce, normalized_step, sparse_adam_step
+from lightning_lossval.functional import balanced_state, coalesce, normalized_step, running_step, sparse_adam_step
 from lightning_lossval.mixin import WEIGHTS
 
 GROUP_NAME = "lossval_weights"
@@ -74,7 +74,14 @@ class DenseWeights:
 class SparseWeights:
     """The weights in the callback, updated per sample: ``update="adam"``, a lazy Adam (``betas``,
     ``eps``); ``update="normalized"``, :func:`normalized_step` (the batch's gradients divided by
-    their root mean square, so that their ratios survive)."""
+    their root mean square, so that their ratios survive); ``update="balanced"``,
+    :func:`running_step` on the objective's balanced gradients, with the running scales of both
+    in ``running``.
+
+    Under DDP each rank's objective folds its own batch into the running loss scale and
+    transport share; every step then averages them over the ranks (the moving averages are
+    linear, so this equals folding in the ranks' mean), so all ranks hold the same state and a
+    checkpoint resumes every rank exactly."""
 
     sparse = True
 
@@ -87,14 +94,15 @@ class SparseWeights:
             self.exp_avg = torch.zeros(n)
             self.exp_avg_sq = torch.zeros(n)
             self.steps = torch.zeros(n, dtype=torch.int32)
+        self.running = balanced_state() if update == "balanced" else None
         self.pending: list[tuple[Tensor, Tensor]] = []  # (index, leaf) of each micro-batch since the last step
 
     def numel(self) -> int:
         return self.weights.numel()
 
     def _tensors(self) -> dict[str, Tensor]:
-        names = ("weights", "exp_avg", "exp_avg_sq", "steps") if self.update == "adam" else ("weights",)
-        return {name: getattr(self, name) for name in names}
+        names = {"adam": ("weights", "exp_avg", "exp_avg_sq", "steps"), "balanced": ("weights", "running")}
+        return {name: getattr(self, name) for name in names.get(self.update, ("weights",))}
 
     def start(self, trainer: Trainer, optimizer: Optimizer) -> None:
         device = trainer.lightning_module.device
@@ -121,11 +129,16 @@ class SparseWeights:
         if trainer.world_size > 1:
             index, grad = _gather(trainer, index, grad)
             grad = grad / trainer.world_size  # what DDP's averaging all-reduce does to a dense parameter
+            if self.running is not None:
+                self.running[:4] = trainer.strategy.all_gather(self.running[:4]).mean(0)
         if not torch.isfinite(grad).all():
             return  # an overflowing fp16 step (the GradScaler skips it for the network too) or a NaN loss
         index, grad = coalesce(index, grad)
         if self.update == "normalized":
             normalized_step(self.weights, index, grad, lr=self.lr)
+            return
+        if self.update == "balanced":
+            running_step(self.weights, index, grad, self.running, lr=self.lr)
             return
         sparse_adam_step(
             self.weights,

@@ -3,7 +3,7 @@
     python ddp_script.py OUT [--store dense|sparse|default] [--nodes] [--kill-at STEP] [--resume] [--devices N]
 
 Stores: dense = the paper objective in the user's Adam; sparse = the paper objective with the
-sparse store's lazy Adam; default = the default objective (sparse store, normalized step).
+sparse store's lazy Adam; default = the default objective (sparse store, balanced step).
 
 Saves each rank's final weights to OUT/rank{r}.pt, its weights after steps 1, 4 and 9 to
 OUT/rank{r}_step{s}.pt and the indices of its first batch to OUT/rank{r}_first_batch.pt.
@@ -70,7 +70,12 @@ def main() -> None:
     )
     trainer.fit(Net(), IndexedDataModule(BlobData()), ckpt_path="last" if args.resume else None)
     torch.save(
-        {"values": lossval.values, "global_step": trainer.global_step, "values_path": str(lossval.values_path)},
+        {
+            "values": lossval.values,
+            "running": getattr(lossval._store, "running", None),
+            "global_step": trainer.global_step,
+            "values_path": str(lossval.values_path),
+        },
         args.out / f"rank{trainer.global_rank}.pt",
     )
 

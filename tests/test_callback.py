@@ -282,9 +282,9 @@ def test_sparse_is_chosen_automatically_for_large_n(tmp_path):
     cb = store(100_000, objective="paper")
     assert isinstance(cb._store, SparseWeights) and int((cb.values != 1).sum()) == 64
     assert isinstance(store(99_999, objective="paper")._store, DenseWeights)
-    # the default objective's normalized step moves only the batch: always the sparse store
+    # the default objective's balanced step moves only the batch: always the sparse store
     assert isinstance(store(1000)._store, SparseWeights)
-    with pytest.raises(ValueError, match="update='normalized'.*sparse=False"):
+    with pytest.raises(ValueError, match="update='balanced'.*sparse=False"):
         store(1000, sparse=False)
 
 

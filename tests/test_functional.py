@@ -463,6 +463,11 @@ def test_resolve_config_errors():
         ({"reduction": "median"}, "normalized"),
         ({"diameter": None}, "'batch'"),
         ({"reduction": "normalized"}, "mass='exp' or mass='sigmoid'"),
+        ({"update": "sgd"}, "'balanced'"),
+        ({"update": "balanced"}, "normalize_masses=True and reduction='normalized'"),
+        ({"ot_share": -0.1}, "ot_share"),
+        ({"ot_share": "half"}, "ot_share"),
+        ({"ot_share_max": 0.0}, "ot_share_max"),
     ],
 )
 def test_invalid_config_values(fields, message):
@@ -546,3 +551,103 @@ def test_weight_mass():
     torch.testing.assert_close(weight_mass(w, "exp"), torch.exp(w - 1))
     sig = weight_mass(w, "sigmoid")
     assert sig[1].item() == pytest.approx(1.0) and 0 < sig[0] < 1e-6 * 1e2 and 1.99 < sig[2] < 2
+
+
+# --------------------------------------------------------------------------- balanced update
+def _balanced_config(**fields):
+    return dataclasses.replace(PRESETS["default"], **fields)
+
+
+def test_balanced_objective_keeps_value_and_network_gradient_and_balances_the_weights():
+    from lightning_lossval.functional import _potentials, balanced_state, weight_mass
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(B, D, generator=g), torch.randn(V, D, generator=g)
+    w0 = 1 + 0.3 * torch.randn(B, generator=g)
+    raw = torch.rand(B, generator=g) + 0.1
+    plain = _balanced_config(update="normalized")
+    validation = prepare_validation(y, None, plain)
+
+    def run(config, running=None):
+        w, losses = w0.clone().requires_grad_(True), raw.clone().requires_grad_(True)
+        value = lossval_objective(w, losses, x, validation, config, running=running)
+        value.backward()
+        return value.detach(), w.grad, losses.grad
+
+    value, w_grad, loss_grad = run(plain)
+    running = balanced_state()
+    b_value, b_w_grad, b_loss_grad = run(_balanced_config(ot_share=0.5), running)
+    torch.testing.assert_close(b_value, value)  # the same objective
+    torch.testing.assert_close(b_loss_grad, loss_grad)  # the network learns exactly as before
+    assert running[0].item() == 1  # one batch folded into the loss scale
+
+    # the weights' gradient: the balanced direction itself
+    masses = weight_mass(w0, "sigmoid")
+    a = masses / masses.sum()
+    cost = (cost_matrix(x, y, 2), cost_matrix(x, x, 2))
+    f, _ = _potentials(a, validation.masses, *cost, None, validation.schedule, validation.potential)
+    loss_dev, potential_dev = raw - (a * raw).sum(), f - (a * f).sum()
+    expected = loss_dev / loss_dev.pow(2).mean().sqrt() + 0.5 * potential_dev / potential_dev.pow(2).mean().sqrt()
+    torch.testing.assert_close(b_w_grad, expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(b_w_grad, w_grad)
+
+    with pytest.raises(ValueError, match="running=balanced_state"):
+        lossval_objective(w0, raw, x, validation, _balanced_config())
+
+
+def test_balanced_direction_votes_by_running_scale_and_shares_automatically():
+    from lightning_lossval.functional import balanced_direction, balanced_state
+
+    running = balanced_state()
+    outlier = torch.tensor([3.0, -1.0, -1.0, -1.0])
+    potential = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    first = balanced_direction(outlier, potential, torch.tensor(0.2), running, share=0.0)
+    # first batch: its own RMS is the scale
+    torch.testing.assert_close(first, outlier / outlier.pow(2).mean().sqrt())
+    # a later batch whose losses barely differ casts a small loss vote, in units of the running scale
+    flat = torch.tensor([0.03, -0.01, -0.01, -0.01])
+    second = balanced_direction(flat, potential, torch.tensor(0.2), running, share=0.0)
+    assert second.abs().max().item() < 0.1 * first.abs().max().item()
+    # the same losses scaled by 1000 give the same directions (units cancel)
+    scaled = balanced_state()
+    balanced_direction(outlier * 1000, potential, torch.tensor(0.2), scaled, share=0.0)
+    torch.testing.assert_close(balanced_direction(flat * 1000, potential, torch.tensor(0.2), scaled, share=0.0), second)
+
+    # "auto": the running mean of the objective's ratio, capped
+    auto = balanced_state()
+    zero = torch.zeros(4)
+    for ratio in (0.1, 0.3):
+        direction = balanced_direction(zero, potential, torch.tensor(ratio), auto, share="auto", share_max=0.6)
+    expected_share = (0.99 * 0.01 * 0.1 + 0.01 * 0.3) / (1 - 0.99**2)
+    torch.testing.assert_close(direction, expected_share * potential)
+    capped = balanced_direction(zero, potential, torch.tensor(50.0), auto, share="auto", share_max=0.6)
+    torch.testing.assert_close(capped, 0.6 * potential)
+    # undefined ratios (all losses equal, or a non-positive divergence) are skipped, never NaN
+    before = auto.clone()
+    out = balanced_direction(zero, zero, torch.tensor(float("nan")), auto, share="auto")
+    assert torch.isfinite(out).all() and out.abs().sum() == 0 and auto[2:4].tolist() == before[2:4].tolist()
+
+
+def test_running_step_scales_by_the_running_rms_and_moves_only_the_batch():
+    from lightning_lossval.functional import balanced_state, normalized_step, running_step
+
+    running = balanced_state()
+    weights, reference = torch.ones(6), torch.ones(6)
+    grad = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    index = torch.tensor([0, 2, 3, 5])
+    running_step(weights, index, grad, running, lr=0.1, clip=10.0)
+    normalized_step(reference, index, grad, lr=0.1, clip=10.0)
+    torch.testing.assert_close(weights, reference)  # first step: the batch's own RMS
+    assert weights[[1, 4]].tolist() == [1.0, 1.0]
+    # a later batch of small gradients moves little (the normalized step would move it fully)
+    small, small_ref = torch.ones(4), torch.ones(4)
+    running_step(small, torch.arange(4), grad * 0.01, running, lr=0.1, clip=10.0)
+    normalized_step(small_ref, torch.arange(4), grad * 0.01, lr=0.1, clip=10.0)
+    assert (small - 1).abs().max() < 0.05 * (small_ref - 1).abs().max()
+    # clipped, and an all-zero first gradient moves nothing without NaN
+    zero = torch.ones(3)
+    running_step(zero, torch.arange(3), torch.zeros(3), balanced_state(), lr=0.1)
+    assert zero.tolist() == [1.0, 1.0, 1.0]
+    clipped = torch.ones(4)
+    running_step(clipped, torch.arange(4), torch.tensor([100.0, 0.1, -0.1, 0.1]), balanced_state(), lr=0.1, clip=1.5)
+    assert clipped[0].item() == pytest.approx(1 - 0.15)
