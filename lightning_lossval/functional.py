@@ -51,7 +51,7 @@ class ObjectiveConfig:
             ``ot_share`` times its transport potential's deviation, in units of the batch's; the
             batch's samples then move by that direction divided by its running RMS
             (:func:`running_step`). It needs normalized masses and the ``"normalized"``
-            reduction. The last two need the sparse store.
+            reduction. ``"normalized"`` and ``"balanced"`` need the sparse store.
         ot_share: ``"balanced"`` only: the weight of the transport part against the loss part.
             ``"auto"``: the running mean of the ratio of the two parts in the objective's own
             gradient, at most ``ot_share_max``; a number fixes it.
@@ -604,5 +604,5 @@ def normalized_step(weights: Tensor, index: Tensor, grad: Tensor, *, lr: float, 
     step independent of the objective's scale, and the clip keeps a single extreme batch from
     deciding a sample's value. A zero gradient moves nothing.
     """
-    step = grad / grad.pow(2).mean().sqrt().clamp_min(torch.finfo(grad.dtype).tiny)
+    step = grad / _rms(grad).clamp_min(torch.finfo(grad.dtype).tiny)
     weights[index] -= lr * step.clamp(-clip, clip)
