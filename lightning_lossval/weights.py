@@ -9,8 +9,8 @@ all of them (Adam's momentum moves samples that were not in the batch) and DDP a
 optimizer step gathers the batch's ``(index, gradient)`` pairs from all ranks and updates those
 samples only (the balanced or normalized step, or a per-sample Adam), so traffic and compute
 depend on the batch size, not on ``N``, and a sample moves only on steps that saw it. Every rank
-applies the same update, so the ranks stay identical. Its state (weights, Adam's moments or the balanced
-update's running scales) is saved in the callback's checkpoint state.
+applies the same update, so the ranks stay identical. Its state (weights, Adam's moments or the
+balanced update's running scales) is saved in the callback's checkpoint state.
 """
 
 from __future__ import annotations
