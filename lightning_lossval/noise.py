@@ -1,9 +1,24 @@
-"""Seeded noise injection with a known mask, so that a valuation run can score itself."""
+"""Seeded noise injection with a known mask, so that a valuation run can score itself.
+
+Every draw takes its generator from :func:`_generator`, which mixes ``seed`` with a constant of
+the draw: the chosen rows then never coincide with a shuffling order seeded with the same small
+integer (``torch.randperm(n, generator=manual_seed(0))`` is both the first epoch's order of a
+loader seeded 0 and, unmixed, the rows noise with seed 0 would pick: the corrupted rows would
+be exactly the first ones trained on, a leak any order-sensitive method could exploit).
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+_MIX = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: consecutive seeds land far apart
+_ROWS, _SHIFT, _FEATURES, _MIXED, _CYCLE = range(5)  # one stream per kind of draw
+
+
+def _generator(seed: int, draw: int) -> torch.Generator:
+    """A generator for ``draw`` (one of the constants above) under ``seed``; no sampler uses its seed."""
+    return torch.Generator().manual_seed(((seed + 1) * _MIX + draw * 0x632BE59BD9B4E019) % 2**63)
 
 
 def choose_rows(n: int, rate: float, seed: int) -> Tensor:
@@ -11,7 +26,7 @@ def choose_rows(n: int, rate: float, seed: int) -> Tensor:
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"noise rate must be within [0, 1], got {rate}")
     mask = torch.zeros(n, dtype=torch.bool)
-    mask[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: round(rate * n)]] = True
+    mask[torch.randperm(n, generator=_generator(seed, _ROWS))[: round(rate * n)]] = True
     return mask
 
 
@@ -23,7 +38,7 @@ def flip_labels(labels: Tensor, rate: float, num_classes: int, seed: int = 0) ->
     if num_classes < 2:
         raise ValueError(f"label noise needs at least 2 classes, got {num_classes}")
     mask = choose_rows(len(labels), rate, seed)
-    shift = torch.randint(1, num_classes, (len(labels),), generator=torch.Generator().manual_seed(seed + 1))
+    shift = torch.randint(1, num_classes, (len(labels),), generator=_generator(seed, _SHIFT))
     return torch.where(mask, (labels + shift) % num_classes, labels), mask
 
 
@@ -33,7 +48,7 @@ def add_feature_noise(features: Tensor, rate: float, scale: float = 1.0, seed: i
     Returns ``(noisy_features, mask)``.
     """
     mask = choose_rows(len(features), rate, seed)
-    noise = torch.randn(features.shape, generator=torch.Generator().manual_seed(seed + 2)) * scale
+    noise = torch.randn(features.shape, generator=_generator(seed, _FEATURES)) * scale
     return features + noise.to(features.dtype) * mask.reshape(-1, *([1] * (features.dim() - 1))), mask
 
 
@@ -77,22 +92,22 @@ def inject_noise(
         return features, noisy, mask
     mask = choose_rows(n, rate, seed)
     rows = mask.nonzero().flatten()
-    rows = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 3))]
+    rows = rows[torch.randperm(len(rows), generator=_generator(seed, _MIXED))]
     label_mask = torch.zeros(n, dtype=torch.bool)
     label_mask[rows[: (len(rows) + 1) // 2]] = True
     if num_classes is None:
         targets = _swap_rows(targets, label_mask, seed)
     else:
-        shift = torch.randint(1, num_classes, (n,), generator=torch.Generator().manual_seed(seed + 1))
+        shift = torch.randint(1, num_classes, (n,), generator=_generator(seed, _SHIFT))
         targets = torch.where(label_mask, (targets + shift) % num_classes, targets)
-    noise = torch.randn(features.shape, generator=torch.Generator().manual_seed(seed + 2))
+    noise = torch.randn(features.shape, generator=_generator(seed, _FEATURES))
     feature_mask = (mask & ~label_mask).reshape(-1, *([1] * (features.dim() - 1)))
     return features + noise.to(features.dtype) * feature_mask, targets, mask
 
 
 def _swap_rows(targets: Tensor, mask: Tensor, seed: int) -> Tensor:
     rows = mask.nonzero().flatten()
-    cycle = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed + 4))]
+    cycle = rows[torch.randperm(len(rows), generator=_generator(seed, _CYCLE))]
     out = targets.clone()
     out[cycle] = targets[cycle.roll(1)]
     return out
