@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_lossval.data import BATCH_HOOKS, Indexed, IndexedDataset, on_inner_batch
 from lightning_lossval.errors import DataError
 from lightning_lossval.functional import (
+    STEP_SIZES,
     ObjectiveConfig,
     Validation,
     lossval_objective,
@@ -70,8 +71,8 @@ class LossValCallback(Callback):
       see this group: its learning rate stays ``lr`` and its gradient is not clipped.
     - sparse store (the default objective's): the callback holds the weights; at each optimizer
       step the batch's ``(index, gradient)`` pairs are gathered from all ranks and the
-      objective's ``update`` (normalized step or per-sample Adam) moves those samples only.
-      Per-step cost depends on the batch, not on ``N``.
+      objective's ``update`` (the balanced or normalized step, or per-sample Adam) moves those
+      samples only. Per-step cost depends on the batch, not on ``N``.
     - ``on_fit_start`` also computes the validation features once (in eval mode), or at every
       epoch start when the module sets ``lossval_refresh_validation`` (features from the network).
     - every ``log_every_n_steps`` and at each epoch end (rank zero): a weight histogram and the
@@ -95,8 +96,9 @@ class LossValCallback(Callback):
             features, a ``Dataset`` or ``DataLoader`` whose batches go through the module's
             ``lossval_features``, a ``(inputs, targets)`` tuple of tensors, or ``None`` for the
             DataModule's ``val_dataloader``.
-        lr: step size of the weights' update (0.01: the paper's Adam learning rate; with the default
-            objective each visit moves a sample by at most ``2 * lr``).
+        lr: step size of the weights' update; ``None``: by the objective's ``update``
+            (``functional.STEP_SIZES``): 0.05 for the default's balanced step, which moves a
+            sample by at most ``2 * lr`` per visit, and 0.01 for the paper's Adam.
         objective: a preset name, an :class:`ObjectiveConfig` or a dict of its fields (unset
             fields take the paper's values). ``"default"``: this project's configuration
             (normalized masses and loss, saturating positive masses, the balanced sparse step;
@@ -118,7 +120,7 @@ class LossValCallback(Callback):
     def __init__(
         self,
         val_data: Tensor | Dataset | DataLoader | tuple | None = None,
-        lr: float = 0.01,
+        lr: float | None = None,
         objective: str | ObjectiveConfig | dict = "default",
         optimizer_index: int = 0,
         log_every_n_steps: int | None = None,
@@ -127,11 +129,12 @@ class LossValCallback(Callback):
         show: int = 10,
         sparse: bool | None = None,
     ) -> None:
+        self.config = resolve_config(objective)
+        lr = STEP_SIZES[self.config.update] if lr is None else lr
         if lr <= 0:
             raise ValueError(f"lr must be positive, got {lr}")
         self.val_data = val_data
         self.lr = lr
-        self.config = resolve_config(objective)
         self.optimizer_index = optimizer_index
         self.log_every_n_steps = log_every_n_steps
         self.export = export
@@ -160,7 +163,7 @@ class LossValCallback(Callback):
 
     def table(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The rows of ``values.csv``: lowest value first, with the known per-sample columns."""
-        return values_table(_finite_or_raise(self.values, "export"), self.columns, limit)
+        return values_table(_finite_or_raise(self.values, "export", self.config), self.columns, limit)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write :meth:`table` as CSV, atomically (a crash never leaves a truncated file)."""
@@ -168,7 +171,7 @@ class LossValCallback(Callback):
 
     def save_values(self, directory: str | os.PathLike) -> Path:
         """Write ``values.csv`` and ``values.pt`` (the ``[N]`` tensor) into ``directory``."""
-        return self._save(directory, _finite_or_raise(self.values, "export"))
+        return self._save(directory, _finite_or_raise(self.values, "export", self.config))
 
     def _save(self, directory: str | os.PathLike, values: Tensor) -> Path:
         directory = Path(directory)
@@ -243,7 +246,7 @@ class LossValCallback(Callback):
             self._log(trainer)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        _finite_or_raise(self._store.values(), f"epoch {trainer.current_epoch}")  # where they live: no copy
+        _finite_or_raise(self._store.values(), f"epoch {trainer.current_epoch}", self.config)  # no copy
         self._log(trainer)
         if self._noisy is not None and trainer.is_global_zero:
             metrics = detection_report(self.values, self._noisy)
@@ -255,7 +258,7 @@ class LossValCallback(Callback):
         if not trainer.is_global_zero:
             return
         self.columns = self._row_columns(trainer, pl_module)
-        values = _finite_or_raise(self.values, "export")
+        values = _finite_or_raise(self.values, "export", self.config)
         if self.export:
             self.values_path = self._save(directory, values)
         self._report(trainer, values)
@@ -319,7 +322,7 @@ class LossValCallback(Callback):
         if not self._checked_shapes:
             self._check_batch(index, features)
         self._objective_calls += 1
-        labels = pl_module.lossval_targets(batch) if self._validation.labels is not None else None
+        labels = pl_module.lossval_targets(batch)
         weights = self._store.select(index)
         running = getattr(self._store, "running", None)
         return lossval_objective(weights, losses, features, self._validation, self.config, labels, running)
@@ -540,11 +543,20 @@ def _write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 
 
-def _finite_or_raise(values: Tensor, when: str) -> Tensor:
+def _finite_or_raise(values: Tensor, when: str, config: ObjectiveConfig) -> Tensor:
     bad = int((~torch.isfinite(values)).sum())
-    if bad:
-        raise FloatingPointError(
-            f"{bad} of {values.numel()} LossVal weights are NaN or inf ({when}): the objective diverged; check the "
-            "training inputs and losses for NaN or inf, or lower the weights' lr"
+    if not bad:
+        return values
+    if config.update == "balanced":
+        cause = (
+            "the weights follow the per-sample losses, so NaN or inf losses reached them: check the training "
+            "inputs for NaN or inf and whether the network itself diverges (its learning rate)"
         )
-    return values
+    else:
+        cause = (
+            "this objective trains the network on L_w * S**k, which multiplies the network's learning rate by a "
+            "factor that changes every batch and grows with the features' scale, so with SGD or unscaled inputs "
+            "the network and then the weights diverge; use objective='default' (the network trains on its own "
+            "loss), standardise the inputs, or use Adam; also check the inputs for NaN or inf"
+        )
+    raise FloatingPointError(f"{bad} of {values.numel()} LossVal weights are NaN or inf ({when}): {cause}")

@@ -49,7 +49,10 @@ class LossValMixin:
         """Reduce per-sample ``losses`` ``[B]`` to the training loss.
 
         Inside a training step under :class:`LossValCallback` this is the LossVal objective of the
-        batch (``features`` ``[B, ...]`` default to ``lossval_features(batch)``); elsewhere the mean.
+        batch (``features`` ``[B, ...]`` default to ``lossval_features(batch)``): with the default
+        objective the weighted mean of ``losses`` under the samples' current masses, at the scale
+        of the plain mean (the weights learn from the transport term on the side); with the paper
+        preset ``L_w * S**2``. Elsewhere the plain mean.
         """
         callback = self.__dict__.get("_lossval_callback")
         if callback is None or not callback.in_training_step:

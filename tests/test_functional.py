@@ -558,7 +558,7 @@ def _balanced_config(**fields):
     return dataclasses.replace(PRESETS["default"], **fields)
 
 
-def test_balanced_objective_keeps_value_and_network_gradient_and_balances_the_weights():
+def test_balanced_objective_trains_the_network_on_the_weighted_mean_and_balances_the_weights():
     from lightning_lossval.functional import _potentials, balanced_state, weight_mass
 
     g = torch.Generator().manual_seed(3)
@@ -577,12 +577,14 @@ def test_balanced_objective_keeps_value_and_network_gradient_and_balances_the_we
     value, w_grad, loss_grad = run(plain)
     running = balanced_state()
     b_value, b_w_grad, b_loss_grad = run(_balanced_config(ot_share=0.5), running)
-    torch.testing.assert_close(b_value, value)  # the same objective
-    torch.testing.assert_close(b_loss_grad, loss_grad)  # the network learns exactly as before
+    masses = weight_mass(w0, "sigmoid")
+    # the network's loss: the masses' weighted mean of its losses, not rescaled by the transport term
+    torch.testing.assert_close(b_value, (masses * raw).sum() / masses.sum())
+    torch.testing.assert_close(b_loss_grad, masses / masses.sum())
+    assert not torch.allclose(b_value, value)  # the other updates return L_w * S**2
     assert running[0].item() == 1  # one batch folded into the loss scale
 
     # the weights' gradient: the balanced direction itself
-    masses = weight_mass(w0, "sigmoid")
     a = masses / masses.sum()
     cost = (cost_matrix(x, y, 2), cost_matrix(x, x, 2))
     f, _ = _potentials(a, validation.masses, *cost, None, validation.schedule, validation.potential)
@@ -636,8 +638,11 @@ def test_running_step_scales_by_the_running_rms_and_moves_only_the_batch():
     grad = torch.tensor([1.0, -2.0, 0.5, 0.0])
     index = torch.tensor([0, 2, 3, 5])
     running_step(weights, index, grad, running, lr=0.1, clip=10.0)
-    normalized_step(reference, index, grad, lr=0.1, clip=10.0)
-    torch.testing.assert_close(weights, reference)  # first step: the batch's own RMS
+    rms = grad.pow(2).mean().sqrt()
+    reference[index] -= 0.1 * 10.0 * torch.tanh(grad / (rms * 10.0))
+    torch.testing.assert_close(weights, reference)  # first step: the batch's own RMS, softly clipped
+    normalized_step(reference, index, grad, lr=0.1, clip=10.0)  # a large clip: nearly the plain step
+    torch.testing.assert_close(weights - 1, reference - weights, atol=2e-3, rtol=0)
     assert weights[[1, 4]].tolist() == [1.0, 1.0]
     # a later batch of small gradients moves little (the normalized step would move it fully)
     small, small_ref = torch.ones(4), torch.ones(4)
@@ -649,5 +654,22 @@ def test_running_step_scales_by_the_running_rms_and_moves_only_the_batch():
     running_step(zero, torch.arange(3), torch.zeros(3), balanced_state(), lr=0.1)
     assert zero.tolist() == [1.0, 1.0, 1.0]
     clipped = torch.ones(4)
-    running_step(clipped, torch.arange(4), torch.tensor([100.0, 0.1, -0.1, 0.1]), balanced_state(), lr=0.1, clip=1.5)
-    assert clipped[0].item() == pytest.approx(1 - 0.15)
+    grad = torch.tensor([100.0, 10.0, -0.1, 0.1])
+    running_step(clipped, torch.arange(4), grad, balanced_state(), lr=0.1, clip=1.5)
+    rms = grad.pow(2).mean().sqrt().item()
+    assert 1 - 0.15 < clipped[0].item() < 1 - 0.12  # bounded by lr * clip, close to it
+    assert clipped[0].item() < clipped[1].item() < 1  # soft: the stronger gradient still moves further
+    assert (1 - clipped[2:]).tolist() == pytest.approx([-0.1 * 0.1 / rms, 0.1 * 0.1 / rms], rel=1e-3)
+
+
+def test_class_balanced_masses_keep_every_class_share():
+    from lightning_lossval.functional import class_balanced
+
+    masses = torch.tensor([1.0, 0.5, 2.0, 1.0, 0.2, 0.0])
+    classes = torch.tensor([0, 0, 7, 7, -100, 3])  # any integers; a class whose masses are all zero stays zero
+    balanced = class_balanced(masses, classes)
+    for c in (0, 7, -100):
+        rows = classes == c
+        assert balanced[rows].sum().item() == pytest.approx(rows.sum().item())  # the class keeps its count
+    torch.testing.assert_close(balanced[:2] / balanced[:2].sum(), masses[:2] / masses[:2].sum())  # order kept
+    assert balanced[5].item() == 0.0 and torch.isfinite(balanced).all()

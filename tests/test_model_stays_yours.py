@@ -1,0 +1,117 @@
+"""The default objective leaves the user's training alone: only the per-sample masses reweight it."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TRAINER_ARGS, blobs
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_lossval import LossValCallback, LossValMixin, index_dataloader
+from lightning_lossval.data import EpochRandomSampler
+from lightning_lossval.functional import class_balanced, weight_mass
+from lightning_lossval.noise import flip_labels
+
+
+class SGDNet(LossValMixin, L.LightningModule):
+    """A 2-layer MLP trained with plain SGD; records what ``lossval_loss`` returned and the plain mean."""
+
+    def __init__(self, l2: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 3))
+        self.l2 = l2
+        self.returned: list[float] = []
+        self.plain_means: list[float] = []
+        self.batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        losses = F.cross_entropy(self(x), y, reduction="none")
+        loss = self.lossval_loss(losses)
+        self.returned.append(loss.item())
+        self.plain_means.append(losses.mean().item())
+        self.batches.append((losses.detach(), loss.detach()))
+        return loss + self.l2 * sum(p.pow(2).sum() for p in self.net.parameters())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def train(x, y, *, callback: LossValCallback | None, epochs: int = 10, l2: float = 0.0, max_steps: int = -1):
+    L.seed_everything(0, verbose=False)
+    model = SGDNet(l2)
+    dataset = TensorDataset(x, y)
+    loader = DataLoader(dataset, batch_size=32, sampler=EpochRandomSampler(dataset, seed=0))  # same batches
+    callbacks = []
+    if callback is not None:
+        loader, callbacks = index_dataloader(loader), [callback]
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        max_steps=max_steps,
+        logger=False,
+        enable_checkpointing=False,
+        callbacks=callbacks,
+        **TRAINER_ARGS,
+    )
+    trainer.fit(model, loader)
+    return model
+
+
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+@pytest.mark.parametrize("scale", [0.1, 1.0, 10.0])
+def test_sgd_trains_as_without_the_callback_at_any_feature_scale(scale, noise):
+    x, y = blobs(500, seed=0)  # 300 training rows, 200 clean validation rows
+    x = x * scale
+    y_train, _ = flip_labels(y[:300], noise, num_classes=3, seed=0)
+    accuracy = {}
+    for name, callback in (("plain", None), ("lossval", LossValCallback(val_data=x[300:], export=False, show=0))):
+        model = train(x[:300], y_train, callback=callback)
+        with torch.no_grad():
+            accuracy[name] = (model(x[300:]).argmax(1) == y[300:]).float().mean().item()
+        if callback is None:
+            continue
+        assert all(torch.isfinite(torch.tensor(model.returned)))
+        if noise == 0:
+            # the loss keeps its scale: without harmful rows to down-weight, what lossval_loss returns over
+            # the last epoch adds up to about the plain mean losses (the paper's S**2 made it 150-4500 times)
+            epoch = len(model.returned) // 10
+            returned, plain = sum(model.returned[-epoch:]), sum(model.plain_means[-epoch:])
+            assert plain / 2 <= returned <= 2 * plain, (returned, plain)
+    assert accuracy["lossval"] >= accuracy["plain"] - 0.02, accuracy
+
+
+def test_the_returned_loss_is_the_masses_weighted_mean_and_extra_terms_keep_their_weight():
+    """Every step returns sum(m l) / sum(m) with the masses the weights give (rescaled within each class
+    so that every class keeps its share); the first step, with all masses 1, moves the network exactly
+    as plain training does, an extra loss term included."""
+    x, y = blobs(200, seed=1)
+    l2 = 1e-2
+    plain = train(x[:160], y[:160], callback=None, l2=l2, max_steps=1)
+    callback = LossValCallback(val_data=x[160:], export=False, show=0)
+    with_cb = train(x[:160], y[:160], callback=callback, l2=l2, max_steps=1)
+    for p, q in zip(plain.parameters(), with_cb.net.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+    assert with_cb.returned[0] == pytest.approx(with_cb.plain_means[0], rel=1e-6)
+
+    seen = []
+
+    class Spy(LossValCallback):
+        def objective(self, pl_module, losses, features):
+            index, (_, targets) = self._step
+            masses = weight_mass(self._store.values()[index].float(), "sigmoid")
+            seen.append((losses.detach(), class_balanced(masses, targets)))
+            return super().objective(pl_module, losses, features)
+
+    model = train(x[:160], y[:160], callback=Spy(val_data=x[160:], export=False, show=0), epochs=3)
+    assert len(seen) == len(model.returned) == 15
+    moved = 0
+    for (losses, masses), returned in zip(seen, model.returned):
+        assert returned == pytest.approx(((masses * losses).sum() / masses.sum()).item(), rel=1e-5)
+        moved += int((masses != 1).any())
+    assert moved > 0  # later steps do reweight the samples
