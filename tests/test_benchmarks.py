@@ -32,6 +32,7 @@ def test_detection_benchmark_smoke():
         "2dplanes",
         "fried_reg",
         "--kinds",
+        "label",
         "mixed",
         "--rates",
         "0.2",
@@ -46,11 +47,13 @@ def test_detection_benchmark_smoke():
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
-    assert "### Classification: 2-means detection F1 (2dplanes)" in out and "### Regression: AUROC (fried_reg)" in out
+    assert "### Classification, selection datasets: all noise kinds" in out
+    assert "### Regression, selection datasets: all noise kinds" in out
     for method in ("LossVal (paper)", "LossVal (default)", "random", "small-loss", "Data-OOB", "KNN-Shapley"):
         assert f"| {method} |" in out, method
-    assert "### Classification: default vs paper preset (2-means F1)" in out
     assert "| default − paper (paired by seed) |" in out
+    assert "#### Classification, label noise" in out and "#### Regression, label noise" in out
+    assert "| default − best baseline of the column |" in out
 
 
 def test_knn_shapley_values_add_up_to_the_knn_utility():
@@ -86,3 +89,23 @@ def test_overhead_benchmark_smoke():
     assert default_vs_paper == pytest.approx(default / paper, rel=0.03)
     assert default_vs_reference == pytest.approx(default / reference, rel=0.03)
     assert len(memory.split(" / ")) == 3
+
+
+def test_detection_benchmark_measures_the_shipped_csv_config(tmp_path):
+    """The default's row of the detection tables is what `lossval fit --config configs/csv.yaml` runs."""
+    import yaml
+
+    sys.path.insert(0, str(BENCHMARKS))
+    from detection import CSV_CONFIG, csv_recipe
+
+    config = yaml.safe_load(CSV_CONFIG.read_text())
+    recipe = csv_recipe()
+    assert recipe["model"] == config["model"]["init_args"]
+    assert recipe["epochs"] == config["trainer"]["max_epochs"]
+    assert recipe["batch_size"] == config["data"]["init_args"]["batch_size"]
+    assert recipe["lossval"] == {"lr": config["lossval"]["lr"], "objective": config["lossval"]["objective"]}
+    config["model"]["class_path"] = "my.Model"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="knows the bundled MLP only"):
+        csv_recipe(other)
