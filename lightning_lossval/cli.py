@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_lossval.callback import LossValCallback
 from lightning_lossval.data import IndexedDataModule
-from lightning_lossval.errors import DataError
+from lightning_lossval.errors import ConfigError, LossValError
 
 
 class LossValCLI(LightningCLI):
@@ -48,16 +48,16 @@ class LossValCLI(LightningCLI):
         if any(isinstance(c, LossValCallback) for c in listed):
             parser = self._parser(self.subcommand)
             if self._get(self.config, "lossval") != parser.get_defaults().get("lossval"):
-                raise DataError(
+                raise ConfigError(
                     "LossValCallback is configured twice, under trainer.callbacks and under lossval:; keep one"
                 )
             callbacks = [c for c in callbacks if not isinstance(c, LossValCallback)]
         return super()._instantiate_trainer(config, callbacks)
 
 
-def _data_error(error: BaseException | None) -> DataError | None:
-    """The DataError behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
-    while error is not None and not isinstance(error, DataError):
+def _user_error(error: BaseException | None) -> LossValError | None:
+    """The LossValError behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
+    while error is not None and not isinstance(error, LossValError):
         error = error.__cause__ or error.__context__
     return error
 
@@ -67,10 +67,10 @@ def main(args: list[str] | None = None) -> None:
     try:
         LossValCLI(args=args)
     except Exception as error:
-        data_error = _data_error(error)
-        if data_error is None:
+        user_error = _user_error(error)
+        if user_error is None:
             raise
-        print(f"lossval: error: {data_error}", file=sys.stderr)
+        print(f"lossval: error: {user_error}", file=sys.stderr)
         sys.exit(2)
 
 

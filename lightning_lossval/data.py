@@ -20,6 +20,8 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 from torch.utils.data.dataloader import default_collate
 
+from lightning_lossval.mixin import LossValHook
+
 BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 EVAL_LOADERS = ("val_dataloader", "test_dataloader", "predict_dataloader")
 
@@ -223,9 +225,7 @@ class IndexedDataModule(LightningDataModule):
         self.datamodule.trainer = self.trainer
         self.datamodule.setup(stage)
         if stage == "fit" and self.trainer is not None:
-            from lightning_lossval.callback import LossValCallback
-
-            if not any(isinstance(c, LossValCallback) for c in self.trainer.callbacks):
+            if not any(isinstance(c, LossValHook) for c in self.trainer.callbacks):
                 rank_zero_warn(
                     "IndexedDataModule makes training batches Indexed(index, data), but no LossValCallback is "
                     "attached to take the indices off again: add LossValCallback(...) to the Trainer's callbacks"

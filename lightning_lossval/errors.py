@@ -1,5 +1,21 @@
-"""The exception for problems the user can fix in their data or configuration."""
+"""The errors a user can cause and fix; every message says what was wrong and what to do.
+
+``LossValError`` is the base: catch it to handle them all (the ``lossval`` command turns it into
+``lossval: error: ...`` and exit status 2). The subclasses are also ``ValueError``\\ s.
+"""
 
 
-class DataError(ValueError):
-    """Bad user data or configuration: the message says what was wrong and what to do."""
+class LossValError(Exception):
+    """Base of the errors a user can fix in their data, configuration or checkpoint."""
+
+
+class DataError(LossValError, ValueError):
+    """Bad data: a missing column, a validation set of the wrong shape, batches without indices."""
+
+
+class ConfigError(LossValError, ValueError):
+    """Bad options: an unknown preset or field, a misspelt option string, a refused strategy."""
+
+
+class ResumeError(LossValError, ValueError):
+    """A checkpoint that does not fit this run: other training data, store or objective."""

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
 WEIGHTS = "lossval_weights"
+HOOK = "_lossval_callback"  # the instance attribute through which the callback serves lossval_loss
+
+
+@runtime_checkable
+class LossValHook(Protocol):
+    """What :meth:`LossValMixin.lossval_loss` asks of the callback that patched the module."""
+
+    in_training_step: bool  # a patched training step is running (its batch's indices are known)
+
+    def loss(self, pl_module: Any, losses: Tensor, features: Tensor | None) -> Tensor:
+        """The LossVal loss of the running training step's batch."""
+        ...
 
 
 class LossValMixin:
@@ -54,10 +66,10 @@ class LossValMixin:
         of the plain mean (the weights learn from the transport term on the side); with the paper
         preset ``L_w * S**2``. Elsewhere the plain mean.
         """
-        callback = self.__dict__.get("_lossval_callback")
-        if callback is None or not callback.in_training_step:
+        hook: LossValHook | None = self.__dict__.get(HOOK)
+        if hook is None or not hook.in_training_step:
             return losses.mean()
-        return callback.objective(self, losses, features)
+        return hook.loss(self, losses, features)
 
     def lossval_features(self, batch: Any) -> Tensor:
         """Features of a batch for the transport term, ``[B, D]``: the flattened first element.
@@ -73,7 +85,9 @@ class LossValMixin:
         return x.reshape(x.shape[0], -1)
 
     def lossval_targets(self, batch: Any) -> Tensor | None:
-        """Targets of a batch for label-aware transport (``label_weight > 0``): the second element.
+        """Targets of a batch: the second element. Integer ``[B]`` targets are classes, whose share of
+        the batch the default update keeps (class-balanced masses); label-aware transport
+        (``label_weight > 0``) compares them with the validation targets.
 
         Integer ``[B]`` classes or numeric ``[B]``/``[B, K]`` targets; ``None`` when the batch has none.
         """

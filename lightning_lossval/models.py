@@ -13,8 +13,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_lossval.errors import DataError
-from lightning_lossval.functional import cross_entropy, squared_error
+from lightning_lossval.errors import ConfigError
+from lightning_lossval.losses import cross_entropy, squared_error
 from lightning_lossval.mixin import LossValMixin
 
 LOSSVAL_SPACES = ("inputs", "embedding")
@@ -33,7 +33,7 @@ class TaskModule(LossValMixin, L.LightningModule):
     def __init__(self, lr: float, lossval_space: str = "inputs") -> None:
         super().__init__()
         if lossval_space not in LOSSVAL_SPACES:
-            raise DataError(f"lossval_space must be one of {LOSSVAL_SPACES}, got {lossval_space!r}")
+            raise ConfigError(f"lossval_space must be one of {LOSSVAL_SPACES}, got {lossval_space!r}")
         self.lr = lr
         self.lossval_refresh_validation = lossval_space == "embedding"
         self.net: nn.Module | None = None
@@ -50,7 +50,7 @@ class TaskModule(LossValMixin, L.LightningModule):
     def _build_from_hparams(self) -> None:
         h = self.hparams
         if h.task not in ("classification", "regression"):
-            raise DataError(f"task must be 'classification' or 'regression', got {h.task!r}")
+            raise ConfigError(f"task must be 'classification' or 'regression', got {h.task!r}")
         self.net = self.build(h.num_inputs, h.num_outputs, h.task)
 
     def configure_model(self) -> None:
@@ -59,7 +59,7 @@ class TaskModule(LossValMixin, L.LightningModule):
         datamodule = self.trainer.datamodule
         missing = [a for a in ("num_features", "num_outputs", "task") if getattr(datamodule, a, None) is None]
         if missing:
-            raise DataError(
+            raise ConfigError(
                 f"{type(self).__name__} takes its sizes from the DataModule, which lacks {missing}; give "
                 "num_inputs, num_outputs and task to the model, or use TabularDataModule"
             )
@@ -156,11 +156,11 @@ class MLP(TaskModule):
     ) -> None:
         super().__init__(lr, lossval_space)
         if preset not in ("custom", "paper"):
-            raise DataError(f"MLP preset must be 'custom' or 'paper', got {preset!r}")
+            raise ConfigError(f"MLP preset must be 'custom' or 'paper', got {preset!r}")
         if activation not in ACTIVATIONS:
-            raise DataError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"unknown activation {activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if layers < 1:
-            raise DataError(f"an MLP needs at least 1 layer, got {layers}")
+            raise ConfigError(f"an MLP needs at least 1 layer, got {layers}")
         self._build_if_sized()
 
     def build(self, num_inputs: int, num_outputs: int, task: str) -> nn.Module:
@@ -208,7 +208,7 @@ class CNN(TaskModule):
     def build(self, num_inputs: int, num_outputs: int, task: str) -> nn.Module:
         shape = list(self.hparams.image_shape)
         if len(shape) != 3 or shape[0] * shape[1] * shape[2] != num_inputs:
-            raise DataError(
+            raise ConfigError(
                 f"CNN image_shape {shape} (channels, height, width) does not hold the {num_inputs} input "
                 "features of a row; set model.image_shape so that its product equals the feature count"
             )

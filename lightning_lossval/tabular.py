@@ -9,9 +9,7 @@ to do. Cells are stripped of surrounding spaces; blank lines are skipped, as pan
 
 from __future__ import annotations
 
-import csv
-import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
@@ -20,36 +18,24 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_lossval.errors import DataError
 from lightning_lossval.noise import NOISE_KINDS, inject_noise
+from lightning_lossval.tables import (
+    Table,
+    encode_features,
+    handle_missing,
+    load_builtin,
+    mean_std,
+    parse_numbers,
+    read_csv,
+    same_columns,
+    sorted_values,
+    split_rows,
+    to_float,
+)
 
 BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 TASKS = ("auto", "classification", "regression")
 MISSING_MODES = ("error", "drop")
-MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none"})
 MAX_AUTO_CLASSES = 20  # task="auto": integer targets with at most this many values are classes
-MAX_LINES_SHOWN = 10
-
-
-class _Table(NamedTuple):
-    """Data rows of one file as stripped strings, each with its file line and data row number."""
-
-    source: str  # path or builtin name, for messages
-    header: list[str]
-    rows: list[list[str]]
-    lines: list[int]  # 1-based file line of each row (header = line 1)
-    numbers: list[int]  # 0-based data row number of each row
-
-    def column(self, name: str) -> list[str]:
-        i = self.header.index(name)
-        return [row[i] for row in self.rows]
-
-    def take(self, keep: list[int]) -> _Table:
-        return _Table(
-            self.source,
-            self.header,
-            [self.rows[i] for i in keep],
-            [self.lines[i] for i in keep],
-            [self.numbers[i] for i in keep],
-        )
 
 
 class TabularDataModule(LightningDataModule):
@@ -144,17 +130,17 @@ class TabularDataModule(LightningDataModule):
         if self.train_set is not None:
             return
         hp = self.hparams
-        train = _read_csv(hp.train_csv) if hp.builtin is None else _load_builtin(hp.builtin)
+        train = read_csv(hp.train_csv) if hp.builtin is None else load_builtin(hp.builtin)
         features = self._feature_columns(train)
         val = None
         if hp.val_csv is not None:
-            val = _same_columns(_read_csv(hp.val_csv), train)
+            val = same_columns(read_csv(hp.val_csv), train)
 
-        train, val = _handle_missing(train, val, [*features, hp.target], hp.missing)
+        train, val = handle_missing(train, val, [*features, hp.target], hp.missing)
         if val is None:
-            train, val = _split(train, hp.val_fraction, hp.seed)
+            train, val = split_rows(train, hp.val_fraction, hp.seed)
 
-        x_train, x_val, self.feature_names = _encode_features(train, val, features, hp.categorical)
+        x_train, x_val, self.feature_names = encode_features(train, val, features, hp.categorical)
         y_train, y_val = self._encode_target(train, val)
 
         num_classes = len(self.classes) if self.task == "classification" else None
@@ -212,7 +198,7 @@ class TabularDataModule(LightningDataModule):
         if self.train_set is None:
             raise RuntimeError("TabularDataModule has no data yet: call prepare() (or let the Trainer call setup)")
 
-    def _feature_columns(self, train: _Table) -> list[str]:
+    def _feature_columns(self, train: Table) -> list[str]:
         hp = self.hparams
         available = ", ".join(repr(c) for c in train.header)
         if hp.target not in train.header:
@@ -245,13 +231,13 @@ class TabularDataModule(LightningDataModule):
             )
         return features
 
-    def _encode_target(self, train: _Table, val: _Table) -> tuple[Tensor, Tensor]:
+    def _encode_target(self, train: Table, val: Table) -> tuple[Tensor, Tensor]:
         """Class indices ``[N]`` (long), or raw regression values ``[N, 1]`` (float64, original units)."""
         name = self.hparams.target
         values = train.column(name)
         task = self.hparams.task
         if task == "auto":
-            numbers = [_to_float(v) for v in values]
+            numbers = [to_float(v) for v in values]
             if None in numbers:
                 task = "classification"
             elif all(v.is_integer() for v in numbers) and len(set(numbers)) <= MAX_AUTO_CLASSES:
@@ -261,12 +247,12 @@ class TabularDataModule(LightningDataModule):
         self.task = task
         if task == "regression":
             advice = "fix it, or set --data.task classification if the target is a class"
-            y_train = _parse_numbers(train, name, advice)
-            y_val = _parse_numbers(val, name, advice)
-            self._target_mean, self._target_std = _mean_std(y_train)
+            y_train = parse_numbers(train, name, advice)
+            y_val = parse_numbers(val, name, advice)
+            self._target_mean, self._target_std = mean_std(y_train)
             return y_train[:, None], y_val[:, None]
 
-        self.classes = _sorted_values(set(values))
+        self.classes = sorted_values(set(values))
         if len(self.classes) < 2:
             raise DataError(
                 f"the target {name!r} of {train.source} has one class, {self.classes[0]!r}, in the training rows; "
@@ -280,189 +266,3 @@ class TabularDataModule(LightningDataModule):
                     f"{self.classes}; remove such validation rows or add training rows of that class"
                 )
         return tuple(torch.tensor([index[v] for v in t.column(name)], dtype=torch.long) for t in (train, val))
-
-
-def _read_csv(path: str) -> _Table:
-    line = 0
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: drop the byte-order mark Excel writes
-            reader = csv.reader(f)
-            header: list[str] | None = None
-            rows, lines = [], []
-            for record in reader:
-                line = reader.line_num
-                if not record:
-                    continue
-                record = [cell.strip() for cell in record]
-                if header is None:
-                    header = record
-                    _check_header(header, path)
-                elif len(record) != len(header):
-                    raise DataError(
-                        f"line {line} of {path} has {len(record)} fields but the header has {len(header)}; give every "
-                        "row one value per column (quote values that contain commas)"
-                    )
-                else:
-                    rows.append(record)
-                    lines.append(line)
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist; check the path given as --data.train_csv / --data.val_csv") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 CSV") from None
-    except csv.Error as e:
-        raise DataError(f"line {line + 1} of {path} is not valid CSV ({e}); fix the quoting there") from None
-    except OSError as e:
-        raise DataError(f"cannot read {path} ({e.strerror}); give the path of a readable CSV file") from None
-    if header is None:
-        raise DataError(f"{path} is empty: expected a header line and data rows")
-    if not rows:
-        raise DataError(f"{path} has a header line but no data rows; add the data below the header")
-    return _Table(path, header, rows, lines, list(range(len(rows))))
-
-
-def _check_header(header: list[str], source: str) -> None:
-    if "" in header:
-        raise DataError(f"column {header.index('') + 1} of the header of {source} has no name; name it or remove it")
-    duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated:
-        raise DataError(f"{source} has more than one column named {', '.join(map(repr, duplicated))}; rename them")
-
-
-def _load_builtin(name: str) -> _Table:
-    try:
-        from sklearn import datasets
-    except ImportError:
-        raise DataError(
-            f"--data.builtin {name} needs scikit-learn, which is not installed: "
-            'pip install "lightning-lossval[examples]"'
-        ) from None
-    bunch = getattr(datasets, f"load_{name}")()
-    header = [str(n) for n in bunch.feature_names] + ["target"]
-    rows = [[str(v) for v in x] + [str(t)] for x, t in zip(bunch.data.tolist(), bunch.target.tolist())]
-    return _Table(f"builtin dataset {name!r}", header, rows, [r + 2 for r in range(len(rows))], list(range(len(rows))))
-
-
-def _same_columns(val: _Table, train: _Table) -> _Table:
-    """``val`` with its columns in the order of ``train``'s, which must be the same set."""
-    lacking = [c for c in train.header if c not in val.header]
-    extra = [c for c in val.header if c not in train.header]
-    if lacking or extra:
-        problems = []
-        if lacking:
-            problems.append(f"lacks {', '.join(map(repr, lacking))}")
-        if extra:
-            problems.append(f"has extra {', '.join(map(repr, extra))}")
-        raise DataError(
-            f"the validation file {val.source} must have the same columns as {train.source}, but it "
-            f"{' and '.join(problems)}; add or remove those columns"
-        )
-    order = [val.header.index(c) for c in train.header]
-    return val._replace(header=train.header, rows=[[row[i] for i in order] for row in val.rows])
-
-
-def _handle_missing(train: _Table, val: _Table | None, columns: list[str], mode: str) -> tuple[_Table, _Table | None]:
-    tables = [t for t in (train, val) if t is not None]
-    bad = [_missing_rows(t, columns) for t in tables]
-    if mode == "error" and any(bad):
-        reports = []
-        for table, rows in zip(tables, bad):
-            if rows:
-                shown = ", ".join(str(table.lines[i]) for i in rows[:MAX_LINES_SHOWN])
-                more = ", ..." if len(rows) > MAX_LINES_SHOWN else ""
-                reports.append(f"{len(rows)} row(s) of {table.source} (lines {shown}{more})")
-        raise DataError(
-            f"missing values (empty, NA, N/A, NaN, null or none) in feature or target columns: {'; '.join(reports)}. "
-            "Fill them in, or drop those rows with --data.missing drop"
-        )
-    kept = []
-    for table, rows in zip(tables, bad):
-        dropped = set(rows)
-        table = table.take([i for i in range(len(table.rows)) if i not in dropped])
-        if not table.rows:
-            raise DataError(f"every row of {table.source} has a missing value in a feature or target column")
-        kept.append(table)
-    return kept[0], kept[1] if val is not None else None
-
-
-def _missing_rows(table: _Table, columns: list[str]) -> list[int]:
-    at = [table.header.index(c) for c in columns]
-    return [r for r, row in enumerate(table.rows) if any(row[i].lower() in MISSING_TOKENS for i in at)]
-
-
-def _split(train: _Table, fraction: float, seed: int) -> tuple[_Table, _Table]:
-    n = len(train.rows)
-    n_val = max(1, round(fraction * n))
-    if n_val >= n:
-        raise DataError(
-            f"{train.source} has {n} usable row(s), too few to split off --data.val_fraction {fraction} for "
-            "validation; add rows or give a validation file with --data.val_csv"
-        )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return train.take(sorted(order[n_val:])), train.take(sorted(order[:n_val]))
-
-
-def _encode_features(
-    train: _Table, val: _Table, features: list[str], categorical: list[str] | None
-) -> tuple[Tensor, Tensor, list[str]]:
-    """Standardised numeric and one-hot categorical features, ``[N, F]`` float32 each, and their names."""
-    blocks: list[tuple[Tensor, Tensor]] = []
-    names: list[str] = []
-    for column in features:
-        values = train.column(column)
-        if categorical is None:
-            is_categorical = 2 * sum(_to_float(v) is not None for v in values) <= len(values)
-        else:
-            is_categorical = column in categorical
-        if is_categorical:
-            categories = _sorted_values(set(values))
-            index = {c: i for i, c in enumerate(categories)}
-            blocks.append(tuple(_one_hot(t.column(column), index) for t in (train, val)))
-            names += [f"{column}={c}" for c in categories]
-        else:
-            advice = f"fix it or list {column!r} under data.categorical"
-            x_train, x_val = _parse_numbers(train, column, advice), _parse_numbers(val, column, advice)
-            mean, std = _mean_std(x_train)
-            blocks.append(((x_train[:, None] - mean) / std, (x_val[:, None] - mean) / std))
-            names.append(column)
-    x_train, x_val = (torch.cat([b[i] for b in blocks], dim=1).float() for i in (0, 1))
-    return x_train, x_val, names
-
-
-def _one_hot(values: list[str], index: dict[str, int]) -> Tensor:
-    """``[N, K]`` one-hot rows; a value not in ``index`` (unseen in training) is all zeros."""
-    out = torch.zeros(len(values), len(index), dtype=torch.float64)
-    for row, value in enumerate(values):
-        if value in index:
-            out[row, index[value]] = 1.0
-    return out
-
-
-def _parse_numbers(table: _Table, column: str, advice: str) -> Tensor:
-    """The column as a float64 tensor ``[N]``; a cell that is not a finite number is a DataError."""
-    values = table.column(column)
-    numbers = [_to_float(v) for v in values]
-    for value, number, line in zip(values, numbers, table.lines):
-        if number is None:
-            raise DataError(f"line {line} of {table.source}, column {column!r}: {value!r} is not a number; {advice}")
-    return torch.tensor(numbers, dtype=torch.float64)
-
-
-def _to_float(text: str) -> float | None:
-    try:
-        number = float(text)
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _mean_std(values: Tensor) -> tuple[float, float]:
-    """Mean and population std of ``values``; a std of 0 (a constant column) becomes 1."""
-    std = values.std(correction=0).item()
-    return values.mean().item(), std if std > 0 else 1.0
-
-
-def _sorted_values(values: set[str]) -> list[str]:
-    """Numeric order if every value is a number, else string order."""
-    if all(_to_float(v) is not None for v in values):
-        return sorted(values, key=lambda v: (float(v), v))
-    return sorted(values)

@@ -72,7 +72,7 @@ def main() -> None:
     torch.save(
         {
             "values": lossval.values,
-            "running": getattr(lossval._store, "running", None),
+            "state": getattr(lossval._store, "state", None),
             "global_step": trainer.global_step,
             "values_path": str(lossval.values_path),
         },

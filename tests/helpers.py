@@ -78,3 +78,14 @@ class Net(LossValMixin, L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": schedulers[self.scheduler](), "interval": interval, "monitor": "val_loss"},
         }
+
+
+def paper(**fields):
+    """The paper preset's objective with some fields replaced (Sinkhorn settings by their own names)."""
+    import dataclasses
+
+    from lightning_lossval import PRESETS
+
+    objective = PRESETS["paper"].objective
+    solver = {k: fields.pop(k) for k in list(fields) if k in {"blur", "scaling", "p", "debias", "diameter"}}
+    return dataclasses.replace(objective, sinkhorn=dataclasses.replace(objective.sinkhorn, **solver), **fields)

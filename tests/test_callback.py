@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -17,10 +16,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.functional.classification import binary_auroc
 
 from lightning_lossval import IndexedDataModule, LossValCallback
-from lightning_lossval.errors import DataError
-from lightning_lossval.functional import PRESETS
+from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.models import MLP
-from lightning_lossval.weights import GROUP_NAME
+from lightning_lossval.stores import GROUP_NAME
 
 
 def fit(tmp_path, model=None, data=None, epochs=3, callback=None, ckpt_path=None, **trainer_args):
@@ -226,9 +224,9 @@ class NotAMixin(L.LightningModule):
 @pytest.mark.parametrize(
     "case, error, message",
     [
-        ("no indices", TypeError, "IndexedDataModule"),
-        ("not a mixin", TypeError, "LossValMixin"),
-        ("mean loss", RuntimeError, r"lossval_loss\(per_sample_losses\)"),
+        ("no indices", DataError, "IndexedDataModule"),
+        ("not a mixin", ConfigError, "LossValMixin"),
+        ("mean loss", ConfigError, r"lossval_loss\(per_sample_losses\)"),
         ("scalar loss", ValueError, "reduction='none'"),
         ("val dimension", ValueError, "batch has 8 features but the validation features have 5"),
         ("empty val", ValueError, "empty"),
@@ -272,7 +270,7 @@ def test_sparse_store_moves_only_the_batch_and_finds_the_noise(tmp_path):
 
 
 def test_sparse_is_chosen_automatically_for_large_n(tmp_path):
-    from lightning_lossval.weights import DenseWeights, SparseWeights
+    from lightning_lossval.stores import DenseWeights, SparseWeights
 
     def store(n, **callback_args):
         data = IndexedDataModule(BlobData(n=n))
@@ -359,9 +357,16 @@ def test_resume_with_another_objective_is_refused(tmp_path):
         fit(
             tmp_path,
             epochs=2,
-            callback=LossValCallback(objective={**dataclasses.asdict(PRESETS["default"]), "blur": 0.1}),
+            callback=LossValCallback(objective={"blur": 0.1}),
             ckpt_path=tmp_path / "ckpt" / "last.ckpt",
         )
+
+
+def test_resume_with_another_lr_says_so(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    fit(tmp_path, epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
+    with pytest.warns(UserWarning, match=r"learned with lr=0.05 with lr=0.02"):
+        fit(tmp_path, epochs=2, callback=LossValCallback(lr=0.02), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
 
 
 def test_a_nan_loss_leaves_the_sparse_weights_finite(tmp_path):
@@ -429,5 +434,5 @@ def test_embedding_space_needs_validation_inputs(tmp_path):
 
 
 def test_unknown_lossval_space_is_refused():
-    with pytest.raises(DataError, match=r"lossval_space must be one of \('inputs', 'embedding'\), got 'pixels'"):
+    with pytest.raises(ConfigError, match=r"lossval_space must be one of \('inputs', 'embedding'\), got 'pixels'"):
         MLP(lossval_space="pixels")

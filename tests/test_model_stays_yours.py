@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_lossval import LossValCallback, LossValMixin, index_dataloader
 from lightning_lossval.data import EpochRandomSampler
-from lightning_lossval.functional import class_balanced, weight_mass
 from lightning_lossval.noise import flip_labels
+from lightning_lossval.objective import class_balanced, weight_mass
 
 
 class SGDNet(LossValMixin, L.LightningModule):
@@ -102,11 +102,11 @@ def test_the_returned_loss_is_the_masses_weighted_mean_and_extra_terms_keep_thei
     seen = []
 
     class Spy(LossValCallback):
-        def objective(self, pl_module, losses, features):
+        def loss(self, pl_module, losses, features):
             index, (_, targets) = self._step
             masses = weight_mass(self._store.values()[index].float(), "sigmoid")
             seen.append((losses.detach(), class_balanced(masses, targets)))
-            return super().objective(pl_module, losses, features)
+            return super().loss(pl_module, losses, features)
 
     model = train(x[:160], y[:160], callback=Spy(val_data=x[160:], export=False, show=0), epochs=3)
     assert len(seen) == len(model.returned) == 15

@@ -1,4 +1,4 @@
-"""Where the sample weights live and how they are updated: two interchangeable stores.
+"""Where the sample weights live and how a step reaches them: two interchangeable stores.
 
 ``DenseWeights`` (the paper's way): one parameter of the module in the user's optimizer. Simple
 and exact to the reference, but every step touches all ``N`` weights: the optimizer updates
@@ -6,11 +6,11 @@ all of them (Adam's momentum moves samples that were not in the batch) and DDP a
 ``N`` gradients (4 MB per step at a million samples).
 
 ``SparseWeights``: a tensor held by the callback, outside the module and the DDP bucket. Each
-optimizer step gathers the batch's ``(index, gradient)`` pairs from all ranks and updates those
-samples only (the balanced or normalized step, or a per-sample Adam), so traffic and compute
+optimizer step gathers the batch's ``(index, gradient)`` pairs from all ranks and lets the
+update rule (``lightning_lossval.updates``) move those samples only, so traffic and compute
 depend on the batch size, not on ``N``, and a sample moves only on steps that saw it. Every rank
-applies the same update, so the ranks stay identical. Its state (weights, Adam's moments or the
-balanced update's running scales) is saved in the callback's checkpoint state.
+applies the same update, so the ranks stay identical. The weights and the rule's named state are
+saved in the callback's checkpoint state.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_lossval.functional import balanced_state, coalesce, normalized_step, running_step, sparse_adam_step
+from lightning_lossval.errors import ResumeError
 from lightning_lossval.mixin import WEIGHTS
+from lightning_lossval.updates import UpdateRule
 
 GROUP_NAME = "lossval_weights"
 
@@ -39,7 +40,7 @@ class DenseWeights:
             weights = nn.Parameter(torch.ones(n, device=pl_module.device))
             pl_module.register_parameter(WEIGHTS, weights)
         elif weights.numel() != n:
-            raise ValueError(
+            raise ResumeError(
                 f"{type(pl_module).__name__} already has {weights.numel()} LossVal weights but the data has {n} samples"
             )
         self.weights = weights
@@ -72,42 +73,28 @@ class DenseWeights:
 
 
 class SparseWeights:
-    """The weights in the callback, updated per sample: ``update="adam"``, a lazy Adam (``betas``,
-    ``eps``); ``update="normalized"``, :func:`normalized_step` (the batch's gradients divided by
-    their root mean square, so that their ratios survive); ``update="balanced"``,
-    :func:`running_step` on the objective's balanced gradients, with the running scales of both
-    in ``running``.
+    """The weights in the callback, moved per sample by ``rule`` (``lightning_lossval.updates``).
 
-    Under DDP each rank's objective folds its own batch into the running loss scale and
-    transport share; every step then averages them over the ranks (the moving averages are
-    linear, so this equals folding in the ranks' mean), so all ranks hold the same state and a
-    checkpoint resumes every rank exactly."""
+    Under DDP each rank's objective folds its own batch into the rule's running state; every
+    step then averages the entries the rule names in ``synced`` over the ranks (the moving
+    averages are linear, so this equals folding in the ranks' mean), so all ranks hold the same
+    state and a checkpoint resumes every rank exactly."""
 
     sparse = True
 
-    def __init__(
-        self, n: int, lr: float, update: str = "adam", betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8
-    ) -> None:
-        self.lr, self.update, self.betas, self.eps = lr, update, betas, eps
+    def __init__(self, n: int, rule: UpdateRule) -> None:
+        self.rule = rule
         self.weights = torch.ones(n)
-        if update == "adam":  # the normalized step keeps no state besides the weights
-            self.exp_avg = torch.zeros(n)
-            self.exp_avg_sq = torch.zeros(n)
-            self.steps = torch.zeros(n, dtype=torch.int32)
-        self.running = balanced_state() if update == "balanced" else None
+        self.state = rule.state(n)
         self.pending: list[tuple[Tensor, Tensor]] = []  # (index, leaf) of each micro-batch since the last step
 
     def numel(self) -> int:
         return self.weights.numel()
 
-    def _tensors(self) -> dict[str, Tensor]:
-        names = {"adam": ("weights", "exp_avg", "exp_avg_sq", "steps"), "balanced": ("weights", "running")}
-        return {name: getattr(self, name) for name in names.get(self.update, ("weights",))}
-
     def start(self, trainer: Trainer, optimizer: Optimizer) -> None:
         device = trainer.lightning_module.device
-        for name, tensor in self._tensors().items():
-            setattr(self, name, tensor.to(device))
+        self.weights = self.weights.to(device)
+        self.state = {name: tensor.to(device) for name, tensor in self.state.items()}
         self.pending.clear()
 
     def select(self, index: Tensor) -> Tensor:
@@ -129,43 +116,33 @@ class SparseWeights:
         if trainer.world_size > 1:
             index, grad = _gather(trainer, index, grad)
             grad = grad / trainer.world_size  # what DDP's averaging all-reduce does to a dense parameter
-            if self.running is not None:
-                self.running[:4] = trainer.strategy.all_gather(self.running[:4]).mean(0)
+            for name in self.rule.synced:
+                self.state[name] = trainer.strategy.all_gather(self.state[name]).mean(0)
         if not torch.isfinite(grad).all():
             return  # an overflowing fp16 step (the GradScaler skips it for the network too) or a NaN loss
         index, grad = coalesce(index, grad)
-        if self.update == "normalized":
-            normalized_step(self.weights, index, grad, lr=self.lr)
-            return
-        if self.update == "balanced":
-            running_step(self.weights, index, grad, self.running, lr=self.lr)
-            return
-        sparse_adam_step(
-            self.weights,
-            self.exp_avg,
-            self.exp_avg_sq,
-            self.steps,
-            index,
-            grad,
-            lr=self.lr,
-            betas=self.betas,
-            eps=self.eps,
-        )
+        self.rule.step(self.weights, index, grad, self.state)
 
     def values(self) -> Tensor:
         return self.weights
 
     def state_dict(self) -> dict[str, Any]:
-        return {name: tensor.cpu() for name, tensor in self._tensors().items()}
+        return {"weights": self.weights.cpu(), **{name: tensor.cpu() for name, tensor in self.state.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["weights"].numel() != self.numel():
-            raise ValueError(
+            raise ResumeError(
                 f"the checkpoint holds LossVal weights for {state['weights'].numel()} training samples but this run "
                 f"has {self.numel()}; resume with the training data the checkpoint was made with"
             )
-        for name in self._tensors():
-            setattr(self, name, state[name].clone())
+        self.weights = state["weights"].clone()
+        self.state = {name: state[name].clone() for name in self.state}
+
+
+def coalesce(index: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+    """Sum ``values`` ``[K]`` that share an ``index`` ``[K]``: returns ``(unique_index, summed)``."""
+    unique, inverse = torch.unique(index, return_inverse=True)
+    return unique, torch.zeros(len(unique), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
 
 
 def _gather(trainer: Trainer, index: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,83 @@
+"""What LossValCallback changes on the user's module while it fits: applied once, always undone.
+
+Everything is set on the module *instance* (its class stays untouched) and listed under one
+attribute, so :func:`restore` removes exactly what :func:`patch` added; ``patch`` first restores
+what a fit that ended in an exception may have left. Patched, for every store:
+
+- ``training_step``: receives the batch without its indices while the callback keeps them;
+- the batch-transfer hooks the module overrides: they see the inner batch of ``Indexed``;
+- ``_lossval_callback``: the :class:`~lightning_lossval.mixin.LossValHook` ``lossval_loss`` asks.
+
+For the dense store only (its weights are a param group of the user's optimizer):
+``lr_scheduler_step`` and ``configure_gradient_clipping`` run with that group hidden, so
+schedulers built before it existed neither crash on it (LambdaLR, OneCycleLR keep per-group
+lists) nor change its lr, and clipping leaves its gradient alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+from lightning_lossval.data import BATCH_HOOKS, on_inner_batch
+from lightning_lossval.mixin import HOOK, LossValHook
+from lightning_lossval.stores import GROUP_NAME
+
+PATCHED = "_lossval_patched"  # the names patched on the instance
+
+
+def patch(pl_module: LightningModule, hook: LossValHook, training_step: Callable, dense: bool) -> None:
+    """Route ``pl_module``'s training step through ``training_step(step, batch, *args)`` and ``hook``."""
+    restore(pl_module)
+    wrappers: dict[str, Callable] = {"training_step": training_step}
+    if dense:
+        wrappers.update(lr_scheduler_step=_scheduler_step_alone, configure_gradient_clipping=_clipping_alone)
+    names = [HOOK]
+    for name, wrapper in wrappers.items():
+        method = getattr(pl_module, name)
+        setattr(pl_module, name, functools.wraps(method)(functools.partial(wrapper, method)))
+        names.append(name)
+    for name in BATCH_HOOKS:
+        if is_overridden(name, pl_module):
+            setattr(pl_module, name, on_inner_batch(getattr(pl_module, name)))
+            names.append(name)
+    setattr(pl_module, HOOK, hook)
+    pl_module.__dict__[PATCHED] = names
+
+
+def restore(pl_module: LightningModule) -> None:
+    """Remove every patch :func:`patch` set; a module that was never patched is left as it is."""
+    for name in pl_module.__dict__.pop(PATCHED, ()):
+        pl_module.__dict__.pop(name, None)
+
+
+def is_patched(pl_module: LightningModule) -> bool:
+    return PATCHED in pl_module.__dict__
+
+
+@contextlib.contextmanager
+def _weights_group_hidden(optimizer: Any):
+    """Take the dense weights' param group out of ``optimizer.param_groups`` for a moment."""
+    groups = optimizer.param_groups
+    optimizer.param_groups = [g for g in groups if g.get("name") != GROUP_NAME]
+    try:
+        yield
+    finally:
+        optimizer.param_groups = groups
+
+
+def _scheduler_step_alone(scheduler_step: Any, scheduler: Any, *args: Any, **kwargs: Any) -> Any:
+    """``lr_scheduler_step`` without the weights' group."""
+    with _weights_group_hidden(scheduler.optimizer):
+        return scheduler_step(scheduler, *args, **kwargs)
+
+
+def _clipping_alone(configure_gradient_clipping: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+    """``configure_gradient_clipping`` on the network's gradients only, not the weights'."""
+    with _weights_group_hidden(optimizer):
+        return configure_gradient_clipping(optimizer, *args, **kwargs)

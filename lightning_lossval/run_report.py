@@ -1,0 +1,96 @@
+"""Lightning glue of the report: weight logs during fit, the values table's columns, the final printout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_lossval.metrics import detection_report
+from lightning_lossval.report import (
+    detection_figure,
+    format_metrics,
+    format_table,
+    values_table,
+    weight_histogram,
+    weight_stats,
+)
+from lightning_lossval.validation import eval_mode
+
+
+def log_weights(trainer: Trainer, weights: Tensor) -> None:
+    """The weights' scalars to every logger and their histogram to TensorBoard (call on rank zero)."""
+    weights = weights.detach().float()  # where they live: no copy of all N weights to the CPU
+    metrics = weight_stats(weights)
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_histogram_raw(
+                "lossval/weights", global_step=trainer.global_step, **weight_histogram(weights)
+            )
+
+
+def log_detection(trainer: Trainer, values: Tensor, noisy: Tensor) -> None:
+    """The detection metrics of ``values`` against the known ``noisy`` rows, to every logger."""
+    metrics = detection_report(values, noisy)
+    for logger in trainer.loggers:
+        logger.log_metrics({f"lossval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+
+
+def row_columns(trainer: Trainer, pl_module: LightningModule, noisy: Tensor | None) -> dict[str, list]:
+    """The per-row columns of ``values.csv``: the DataModule's ``row_columns()``, the module's
+    ``lossval_predict`` (decoded by the DataModule's ``format_target``) and ``noisy``, when known."""
+    datamodule = trainer.datamodule
+    columns = dict(datamodule.row_columns()) if callable(getattr(datamodule, "row_columns", None)) else {}
+    if callable(getattr(pl_module, "lossval_predict", None)):
+        predictions = _predict_training_set(trainer, pl_module)
+        decode = getattr(datamodule, "format_target", None)
+        columns["prediction"] = decode(predictions) if callable(decode) else predictions.tolist()
+    if noisy is not None:
+        columns["noisy"] = noisy.tolist()
+    return columns
+
+
+def print_report(
+    trainer: Trainer,
+    values: Tensor,
+    columns: dict[str, list],
+    show: int,
+    noisy: Tensor | None,
+    values_path: Path | None,
+) -> None:
+    """Print the ``show`` lowest rows, the detection metrics and where the values went; put the
+    table (and the clean-vs-noisy figure) into TensorBoard."""
+    rows = values_table(values, columns, show)
+    lines = []
+    if rows:
+        lines += [f"\nLossVal: the {len(rows)} lowest-valued of {len(values)} training samples (lowest first)"]
+        lines += [format_table(rows)]
+    if noisy is not None:
+        metrics = detection_report(values, noisy)
+        lines.append(f"detection of the {int(noisy.sum())} known noisy samples: {format_metrics(metrics)}")
+    if values_path is not None:
+        lines.append(f"values of all samples: {values_path}")
+    if lines:
+        print("\n".join(lines), flush=True)
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger) and rows:
+            logger.experiment.add_text("lossval/lowest_rows", format_table(rows, markdown=True), trainer.global_step)
+            if noisy is not None:
+                logger.experiment.add_figure("lossval/detection", detection_figure(values, noisy), trainer.global_step)
+            logger.experiment.flush()
+
+
+@torch.no_grad()
+def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_size: int = 256) -> Tensor:
+    """``lossval_predict`` over the whole training set in index order, on this process."""
+    train = trainer.train_dataloader
+    loader = DataLoader(train.dataset, batch_size=batch_size, collate_fn=train.collate_fn)
+    with eval_mode(pl_module):
+        parts = [pl_module.lossval_predict(move_data_to_device(b.data, pl_module.device)).cpu() for b in loader]
+    return torch.cat(parts)

@@ -1,0 +1,230 @@
+"""CSV tables as stripped strings, their checks and their encodings, for ``TabularDataModule``.
+
+Read with the standard library's ``csv`` module. Every problem is a
+:class:`~lightning_lossval.errors.DataError` that names the file, line and column and says what to
+do. Cells are stripped of surrounding spaces; blank lines are skipped, as pandas does, so ``row``
+numbers match a ``pandas.read_csv`` index while messages give the file's line numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from lightning_lossval.errors import DataError
+
+MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none"})
+MAX_LINES_SHOWN = 10
+
+
+class Table(NamedTuple):
+    """Data rows of one file as stripped strings, each with its file line and data row number."""
+
+    source: str  # path or builtin name, for messages
+    header: list[str]
+    rows: list[list[str]]
+    lines: list[int]  # 1-based file line of each row (header = line 1)
+    numbers: list[int]  # 0-based data row number of each row
+
+    def column(self, name: str) -> list[str]:
+        i = self.header.index(name)
+        return [row[i] for row in self.rows]
+
+    def take(self, keep: list[int]) -> Table:
+        return Table(
+            self.source,
+            self.header,
+            [self.rows[i] for i in keep],
+            [self.lines[i] for i in keep],
+            [self.numbers[i] for i in keep],
+        )
+
+
+def read_csv(path: str) -> Table:
+    line = 0
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: drop the byte-order mark Excel writes
+            reader = csv.reader(f)
+            header: list[str] | None = None
+            rows, lines = [], []
+            for record in reader:
+                line = reader.line_num
+                if not record:
+                    continue
+                record = [cell.strip() for cell in record]
+                if header is None:
+                    header = record
+                    check_header(header, path)
+                elif len(record) != len(header):
+                    raise DataError(
+                        f"line {line} of {path} has {len(record)} fields but the header has {len(header)}; give every "
+                        "row one value per column (quote values that contain commas)"
+                    )
+                else:
+                    rows.append(record)
+                    lines.append(line)
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; check the path given as --data.train_csv / --data.val_csv") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 CSV") from None
+    except csv.Error as e:
+        raise DataError(f"line {line + 1} of {path} is not valid CSV ({e}); fix the quoting there") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path} ({e.strerror}); give the path of a readable CSV file") from None
+    if header is None:
+        raise DataError(f"{path} is empty: expected a header line and data rows")
+    if not rows:
+        raise DataError(f"{path} has a header line but no data rows; add the data below the header")
+    return Table(path, header, rows, lines, list(range(len(rows))))
+
+
+def check_header(header: list[str], source: str) -> None:
+    if "" in header:
+        raise DataError(f"column {header.index('') + 1} of the header of {source} has no name; name it or remove it")
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise DataError(f"{source} has more than one column named {', '.join(map(repr, duplicated))}; rename them")
+
+
+def load_builtin(name: str) -> Table:
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise DataError(
+            f"--data.builtin {name} needs scikit-learn, which is not installed: "
+            'pip install "lightning-lossval[examples]"'
+        ) from None
+    bunch = getattr(datasets, f"load_{name}")()
+    header = [str(n) for n in bunch.feature_names] + ["target"]
+    rows = [[str(v) for v in x] + [str(t)] for x, t in zip(bunch.data.tolist(), bunch.target.tolist())]
+    return Table(f"builtin dataset {name!r}", header, rows, [r + 2 for r in range(len(rows))], list(range(len(rows))))
+
+
+def same_columns(val: Table, train: Table) -> Table:
+    """``val`` with its columns in the order of ``train``'s, which must be the same set."""
+    lacking = [c for c in train.header if c not in val.header]
+    extra = [c for c in val.header if c not in train.header]
+    if lacking or extra:
+        problems = []
+        if lacking:
+            problems.append(f"lacks {', '.join(map(repr, lacking))}")
+        if extra:
+            problems.append(f"has extra {', '.join(map(repr, extra))}")
+        raise DataError(
+            f"the validation file {val.source} must have the same columns as {train.source}, but it "
+            f"{' and '.join(problems)}; add or remove those columns"
+        )
+    order = [val.header.index(c) for c in train.header]
+    return val._replace(header=train.header, rows=[[row[i] for i in order] for row in val.rows])
+
+
+def handle_missing(train: Table, val: Table | None, columns: list[str], mode: str) -> tuple[Table, Table | None]:
+    tables = [t for t in (train, val) if t is not None]
+    bad = [_missing_rows(t, columns) for t in tables]
+    if mode == "error" and any(bad):
+        reports = []
+        for table, rows in zip(tables, bad):
+            if rows:
+                shown = ", ".join(str(table.lines[i]) for i in rows[:MAX_LINES_SHOWN])
+                more = ", ..." if len(rows) > MAX_LINES_SHOWN else ""
+                reports.append(f"{len(rows)} row(s) of {table.source} (lines {shown}{more})")
+        raise DataError(
+            f"missing values (empty, NA, N/A, NaN, null or none) in feature or target columns: {'; '.join(reports)}. "
+            "Fill them in, or drop those rows with --data.missing drop"
+        )
+    kept = []
+    for table, rows in zip(tables, bad):
+        dropped = set(rows)
+        table = table.take([i for i in range(len(table.rows)) if i not in dropped])
+        if not table.rows:
+            raise DataError(f"every row of {table.source} has a missing value in a feature or target column")
+        kept.append(table)
+    return kept[0], kept[1] if val is not None else None
+
+
+def _missing_rows(table: Table, columns: list[str]) -> list[int]:
+    at = [table.header.index(c) for c in columns]
+    return [r for r, row in enumerate(table.rows) if any(row[i].lower() in MISSING_TOKENS for i in at)]
+
+
+def split_rows(train: Table, fraction: float, seed: int) -> tuple[Table, Table]:
+    n = len(train.rows)
+    n_val = max(1, round(fraction * n))
+    if n_val >= n:
+        raise DataError(
+            f"{train.source} has {n} usable row(s), too few to split off --data.val_fraction {fraction} for "
+            "validation; add rows or give a validation file with --data.val_csv"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return train.take(sorted(order[n_val:])), train.take(sorted(order[:n_val]))
+
+
+def encode_features(
+    train: Table, val: Table, features: list[str], categorical: list[str] | None
+) -> tuple[Tensor, Tensor, list[str]]:
+    """Standardised numeric and one-hot categorical features, ``[N, F]`` float32 each, and their names."""
+    blocks: list[tuple[Tensor, Tensor]] = []
+    names: list[str] = []
+    for column in features:
+        values = train.column(column)
+        if categorical is None:
+            is_categorical = 2 * sum(to_float(v) is not None for v in values) <= len(values)
+        else:
+            is_categorical = column in categorical
+        if is_categorical:
+            categories = sorted_values(set(values))
+            index = {c: i for i, c in enumerate(categories)}
+            blocks.append(tuple(_one_hot(t.column(column), index) for t in (train, val)))
+            names += [f"{column}={c}" for c in categories]
+        else:
+            advice = f"fix it or list {column!r} under data.categorical"
+            x_train, x_val = parse_numbers(train, column, advice), parse_numbers(val, column, advice)
+            mean, std = mean_std(x_train)
+            blocks.append(((x_train[:, None] - mean) / std, (x_val[:, None] - mean) / std))
+            names.append(column)
+    x_train, x_val = (torch.cat([b[i] for b in blocks], dim=1).float() for i in (0, 1))
+    return x_train, x_val, names
+
+
+def _one_hot(values: list[str], index: dict[str, int]) -> Tensor:
+    """``[N, K]`` one-hot rows; a value not in ``index`` (unseen in training) is all zeros."""
+    out = torch.zeros(len(values), len(index), dtype=torch.float64)
+    for row, value in enumerate(values):
+        if value in index:
+            out[row, index[value]] = 1.0
+    return out
+
+
+def parse_numbers(table: Table, column: str, advice: str) -> Tensor:
+    """The column as a float64 tensor ``[N]``; a cell that is not a finite number is a DataError."""
+    values = table.column(column)
+    numbers = [to_float(v) for v in values]
+    for value, number, line in zip(values, numbers, table.lines):
+        if number is None:
+            raise DataError(f"line {line} of {table.source}, column {column!r}: {value!r} is not a number; {advice}")
+    return torch.tensor(numbers, dtype=torch.float64)
+
+
+def to_float(text: str) -> float | None:
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def mean_std(values: Tensor) -> tuple[float, float]:
+    """Mean and population std of ``values``; a std of 0 (a constant column) becomes 1."""
+    std = values.std(correction=0).item()
+    return values.mean().item(), std if std > 0 else 1.0
+
+
+def sorted_values(values: set[str]) -> list[str]:
+    """Numeric order if every value is a number, else string order."""
+    if all(to_float(v) is not None for v in values):
+        return sorted(values, key=lambda v: (float(v), v))
+    return sorted(values)

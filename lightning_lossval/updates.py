@@ -1,0 +1,276 @@
+"""How the sample weights learn: update rules as small frozen dataclasses, each owning its options and state.
+
+A rule does two things. :meth:`UpdateRule.loss` decides what a batch's LossVal loss returns, so
+what the network trains on and, through autograd, which gradient reaches the weights;
+:meth:`UpdateRule.step` moves the batch's weights in the sparse store. :meth:`UpdateRule.state`
+names the tensors the rule keeps (per sample, ``[n]``, or running scalars), which checkpoints
+save; ``synced`` names the running ones every step averages over the DDP ranks. ``RULES`` maps
+the names used in configs to the classes. Adding a rule is one class here and its tests.
+
+The kernels are plain functions on tensors: :func:`sparse_adam_step`, :func:`normalized_step`,
+:func:`balanced_direction`, :func:`running_step`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from lightning_lossval.errors import ConfigError
+from lightning_lossval.objective import Objective, Parts, class_balanced, weighted_loss
+
+RUNNING_BETA = 0.99
+"""Memory of the running means (about 100 steps), bias-corrected like Adam's."""
+
+
+class UpdateRule:
+    """The interface of an update rule; subclasses are frozen dataclasses with an ``lr`` field."""
+
+    name: ClassVar[str]
+    sparse_only: ClassVar[bool] = True  # moves only the batch's samples: needs the sparse store
+    synced: ClassVar[tuple[str, ...]] = ()  # running state averaged over DDP ranks at every step
+    lr: float
+
+    def check(self, objective: Objective) -> None:
+        """Refuse an objective this rule cannot work with (raise :class:`ConfigError`)."""
+
+    def state(self, n: int) -> dict[str, Tensor]:
+        """The rule's state for ``n`` samples, by name (zeros at the start)."""
+        return {}
+
+    def loss(self, parts: Parts, state: dict[str, Tensor]) -> Tensor:
+        """What the batch's LossVal loss returns; by default ``L_w * S ** exponent`` itself."""
+        return parts.value()
+
+    def step(self, weights: Tensor, index: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:
+        """Move ``weights[index]`` (distinct indices) by their gradients ``grad``, in place."""
+        raise NotImplementedError
+
+
+def _positive_lr(rule: UpdateRule) -> None:
+    if not (isinstance(rule.lr, (int, float)) and rule.lr > 0):
+        raise ConfigError(f"{type(rule).__name__}.lr must be a positive number, got {rule.lr!r}")
+
+
+@dataclass(frozen=True)
+class Adam(UpdateRule):
+    """The paper's update: Adam on the objective's gradient, in the user's optimizer (dense store) or
+    per sample on the batch's rows only (sparse store, :func:`sparse_adam_step`; a sample's bias
+    correction counts the steps that saw it)."""
+
+    name: ClassVar[str] = "adam"
+    sparse_only: ClassVar[bool] = False
+    lr: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        _positive_lr(self)
+
+    def state(self, n: int) -> dict[str, Tensor]:
+        return {"exp_avg": torch.zeros(n), "exp_avg_sq": torch.zeros(n), "steps": torch.zeros(n, dtype=torch.int32)}
+
+    def step(self, weights: Tensor, index: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:
+        sparse_adam_step(
+            weights,
+            state["exp_avg"],
+            state["exp_avg_sq"],
+            state["steps"],
+            index,
+            grad,
+            lr=self.lr,
+            betas=self.betas,
+            eps=self.eps,
+        )
+
+
+@dataclass(frozen=True)
+class Normalized(UpdateRule):
+    """Each step moves the batch's samples by ``lr * grad / rms(grad)`` over the batch, clipped
+    (:func:`normalized_step`): unlike Adam it keeps the ratios between the batch's gradients."""
+
+    name: ClassVar[str] = "normalized"
+    lr: float = 0.01
+    clip: float = 2.0
+
+    def __post_init__(self) -> None:
+        _positive_lr(self)
+
+    def step(self, weights: Tensor, index: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:
+        normalized_step(weights, index, grad, lr=self.lr, clip=self.clip)
+
+
+@dataclass(frozen=True)
+class Balanced(UpdateRule):
+    """This project's update. The network trains on ``L_w`` alone: the masses' weighted mean of its
+    losses, the masses held constant and, with integer targets, rescaled within each class
+    (:func:`~lightning_lossval.objective.class_balanced`). The weights follow
+    :func:`balanced_direction` (the two parts of the gradient of ``L_w * S ** k``, each in its own
+    units, the transport part weighted by ``ot_share``), moved by :func:`running_step`.
+
+    Args:
+        lr: step size; a step moves a sample by at most ``clip * lr``.
+        ot_share: the weight of the transport part against the loss part. ``"auto"``: the
+            running mean of the ratio of the two parts in the objective's own gradient, at most
+            ``ot_share_max``; a number fixes it.
+        ot_share_max: the cap of ``ot_share="auto"``.
+        clip: the soft clip of a step, in units of the running RMS of the gradients.
+    """
+
+    name: ClassVar[str] = "balanced"
+    synced: ClassVar[tuple[str, ...]] = ("loss_scale", "ratio")
+    lr: float = 0.05
+    ot_share: float | Literal["auto"] = "auto"
+    ot_share_max: float = 0.5
+    clip: float = 2.0
+
+    def __post_init__(self) -> None:
+        _positive_lr(self)
+        share = self.ot_share
+        number = isinstance(share, (int, float)) and not isinstance(share, bool)
+        if share != "auto" and not (number and share >= 0):
+            raise ConfigError(f"ot_share must be 'auto' or a number >= 0, got {share!r}")
+        if not self.ot_share_max > 0:
+            raise ConfigError(f"ot_share_max must be > 0, got {self.ot_share_max}")
+
+    def check(self, objective: Objective) -> None:
+        if not (objective.normalize_masses and objective.reduction == "normalized"):
+            raise ConfigError(
+                "update='balanced' balances the loss and transport parts of a weighted mean over probability "
+                "masses: set normalize_masses=True and reduction='normalized' with it"
+            )
+
+    def state(self, n: int) -> dict[str, Tensor]:
+        # (count, total) of three running means: the loss deviations' RMS, the objective's ratio of
+        # transport to loss part, and the step's mean square
+        return {"loss_scale": torch.zeros(2), "ratio": torch.zeros(2), "step_scale": torch.zeros(2)}
+
+    def loss(self, parts: Parts, state: dict[str, Tensor]) -> Tensor:
+        if "loss_scale" not in state:
+            raise ConfigError("the balanced update keeps running scales: pass state=Balanced().state(n)")
+        k, ot, a, f = parts.objective.exponent, parts.ot.detach(), parts.transport_masses.detach(), parts.potentials
+        with torch.no_grad():
+            mean_loss = parts.loss.detach()
+            loss_dev, potential_dev = parts.losses.detach() - mean_loss, f - (a * f).sum()
+            # d(L_w * S**k)/dm_i is proportional to S**k * loss_dev_i + k * L_w * S**(k-1) * potential_dev_i
+            ratio = k * mean_loss * _rms(potential_dev) / (ot * _rms(loss_dev))
+            direction = balanced_direction(loss_dev, potential_dev, ratio, state, self.ot_share, self.ot_share_max)
+        surrogate = (parts.weights.float() * direction).sum()  # its gradient in the weights: the direction
+        # The network's loss is the masses' weighted mean of its per-sample losses and nothing else: the
+        # transport term informs the weights only, so it neither rescales the network's step nor the
+        # user's extra loss terms (with SGD, S**k would multiply the learning rate by a factor that
+        # changes every batch and grows with the features' scale).
+        held, labels = parts.masses.detach(), parts.labels
+        if labels is not None and labels.dim() == 1 and not labels.is_floating_point():
+            held = class_balanced(held, labels)
+        return weighted_loss(held, parts.losses, parts.objective.reduction) + (surrogate - surrogate.detach())
+
+    def step(self, weights: Tensor, index: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:
+        running_step(weights, index, grad, state["step_scale"], lr=self.lr, clip=self.clip)
+
+
+RULES: dict[str, type[UpdateRule]] = {rule.name: rule for rule in (Adam, Normalized, Balanced)}
+
+
+def _rms(t: Tensor) -> Tensor:
+    return t.pow(2).mean().sqrt()
+
+
+def running_mean(pair: Tensor, value: Tensor, valid: Tensor | bool = True) -> Tensor:
+    """Fold ``value`` into the bias-corrected moving average kept in ``pair`` ``[2]`` (count, total),
+    in place, unless ``valid`` is false, and return the average. No host sync."""
+    valid = torch.as_tensor(valid, device=pair.device)
+    count, total = pair[0], pair[1]
+    pair[0] = count + valid.float()
+    pair[1] = torch.where(valid, RUNNING_BETA * total + (1 - RUNNING_BETA) * value, total)
+    return pair[1] / (1 - RUNNING_BETA ** pair[0]).clamp_min(torch.finfo(pair.dtype).tiny)
+
+
+@torch.no_grad()
+def balanced_direction(
+    loss_dev: Tensor,
+    potential_dev: Tensor,
+    ratio: Tensor,
+    state: dict[str, Tensor],
+    share: float | str = "auto",
+    share_max: float = 0.5,
+) -> Tensor:
+    """Per-sample direction ``[B]`` of the balanced update (positive: the weight goes down).
+
+    ``loss_dev / A + s * potential_dev / rms(potential_dev)``: ``loss_dev`` ``[B]`` are the
+    losses minus the batch's weighted mean, ``A`` the running mean of their batch RMS (so a batch
+    whose losses barely differ casts a small vote, and one with an outlier a large one);
+    ``potential_dev`` ``[B]`` the transport potentials minus their weighted mean, in units of the
+    batch's spread. ``s`` is ``share``, or with ``"auto"`` the running mean of ``ratio`` (the
+    objective's own ratio of transport to loss part, which is high when the losses have no
+    outliers, i.e. feature rather than label noise) capped at ``share_max``. Updates
+    ``state["loss_scale"]`` and ``state["ratio"]``.
+    """
+    tiny = torch.finfo(loss_dev.dtype).tiny
+    loss_rms = _rms(loss_dev)
+    scale = running_mean(state["loss_scale"], loss_rms, loss_rms > 0)
+    if share == "auto":
+        usable = torch.isfinite(ratio) & (ratio > 0)
+        share = running_mean(state["ratio"], torch.where(usable, ratio, 0.0), usable).clamp_max(share_max)
+    return loss_dev / scale.clamp_min(tiny) + share * potential_dev / _rms(potential_dev).clamp_min(tiny)
+
+
+@torch.no_grad()
+def running_step(weights: Tensor, index: Tensor, grad: Tensor, scale: Tensor, *, lr: float, clip: float = 2.0) -> None:
+    """``w[index] -= lr * clip * tanh(grad / (R * clip))``, in place, for distinct ``index``; ``R`` is
+    the running RMS of the steps' gradients, kept in ``scale`` ``[2]`` (updated here).
+
+    Like :func:`normalized_step`, but a batch whose samples all look alike moves them little,
+    instead of as far as a batch with a clear outlier. The clip is soft: a gradient of ``R`` moves
+    a sample by about ``lr``, and no step exceeds ``lr * clip``, but a stronger gradient still
+    moves a sample further, so samples that stand out by different amounts stay apart.
+    """
+    rms = running_mean(scale, grad.pow(2).mean()).sqrt().clamp_min(torch.finfo(grad.dtype).tiny)
+    weights[index] -= lr * clip * torch.tanh(grad / (rms * clip))
+
+
+@torch.no_grad()
+def sparse_adam_step(
+    weights: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    steps: Tensor,
+    index: Tensor,
+    grad: Tensor,
+    *,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> None:
+    """Adam on the rows ``index`` only (distinct indices), in place; other rows do not move.
+
+    ``weights``, ``exp_avg``, ``exp_avg_sq``: ``[N]`` float; ``steps``: ``[N]`` per-sample step
+    counts for the bias correction, so a sample's update depends only on the steps that saw it.
+    """
+    beta1, beta2 = betas
+    t = steps[index] + 1
+    steps[index] = t
+    m = exp_avg[index].mul_(beta1).add_(grad, alpha=1 - beta1)
+    v = exp_avg_sq[index].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    exp_avg[index], exp_avg_sq[index] = m, v
+    t = t.to(weights.dtype)
+    m_hat = m / (1 - beta1**t)
+    v_hat = v / (1 - beta2**t)
+    weights[index] -= lr * m_hat / (v_hat.sqrt() + eps)
+
+
+@torch.no_grad()
+def normalized_step(weights: Tensor, index: Tensor, grad: Tensor, *, lr: float, clip: float = 2.0) -> None:
+    """``w[index] -= lr * clamp(grad / rms(grad), -clip, clip)``, in place, for distinct ``index``.
+
+    Only the batch's samples move. Unlike Adam, which scales each sample by its own gradient
+    history, this keeps the ratios between the batch's gradients, so a sample whose loss or
+    transport cost stands out moves further; dividing by the batch's root mean square makes the
+    step independent of the objective's scale, and the clip keeps a single extreme batch from
+    deciding a sample's value. A zero gradient moves nothing.
+    """
+    step = grad / _rms(grad).clamp_min(torch.finfo(grad.dtype).tiny)
+    weights[index] -= lr * step.clamp(-clip, clip)

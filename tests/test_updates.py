@@ -1,0 +1,200 @@
+"""The update rules (``lightning_lossval.updates``) and their kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_lossval.objective import Objective, lossval_objective, prepare_validation
+from lightning_lossval.sinkhorn import cost_matrix
+
+B, D, V = 6, 3, 5
+
+
+def test_sparse_adam_matches_torch_adam_on_the_rows_it_touches():
+    from lightning_lossval.updates import sparse_adam_step
+
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    reference = torch.nn.Parameter(torch.ones(n))
+    adam = torch.optim.Adam([reference], lr=0.01)
+    weights, m, v, steps = torch.ones(n), torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.int32)
+    for _ in range(5):  # every row in every step: plain Adam
+        grad = torch.randn(n, generator=g)
+        reference.grad = grad.clone()
+        adam.step()
+        sparse_adam_step(weights, m, v, steps, torch.arange(n), grad, lr=0.01)
+    assert torch.allclose(weights, reference.detach(), atol=1e-6)
+
+
+def test_sparse_adam_leaves_other_rows_alone_and_counts_steps_per_row():
+    from lightning_lossval.updates import sparse_adam_step
+
+    weights, m, v, steps = torch.ones(5), torch.zeros(5), torch.zeros(5), torch.zeros(5, dtype=torch.int32)
+    sparse_adam_step(weights, m, v, steps, torch.tensor([1, 3]), torch.tensor([2.0, -2.0]), lr=0.1)
+    sparse_adam_step(weights, m, v, steps, torch.tensor([3]), torch.tensor([-2.0]), lr=0.1)
+    assert weights[[0, 2, 4]].tolist() == [1.0, 1.0, 1.0] and m[[0, 2, 4]].abs().sum() == 0
+    assert steps.tolist() == [0, 1, 0, 2, 0]
+    # Adam's first steps move by ~lr whatever the gradient's scale
+    assert weights[1].item() == pytest.approx(0.9, abs=1e-5) and weights[3].item() == pytest.approx(1.2, abs=1e-5)
+
+
+def test_coalesce_sums_duplicates():
+    from lightning_lossval.stores import coalesce
+
+    index, summed = coalesce(torch.tensor([4, 1, 4, 2]), torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert index.tolist() == [1, 2, 4] and summed.tolist() == [2.0, 4.0, 4.0]
+
+
+def test_normalized_step_keeps_ratios_moves_only_the_batch_and_clips():
+    from lightning_lossval.updates import normalized_step
+
+    weights = torch.ones(6)
+    grad = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    normalized_step(weights, torch.tensor([0, 2, 3, 5]), grad, lr=0.1, clip=10.0)
+    rms = grad.pow(2).mean().sqrt()
+    torch.testing.assert_close(
+        weights, 1 - 0.1 * torch.tensor([1.0, 0, -2.0, 0.5, 0, 0.0]) / rms * torch.tensor([1, 0, 1, 1, 0, 1])
+    )
+    assert weights[[1, 4]].tolist() == [1.0, 1.0]  # not in the batch: untouched
+    # scale-free: the same gradients times 1000 make the same step
+    scaled = torch.ones(6)
+    normalized_step(scaled, torch.tensor([0, 2, 3, 5]), grad * 1000, lr=0.1, clip=10.0)
+    torch.testing.assert_close(scaled, weights)
+    # one outlier among small gradients moves by at most lr * clip
+    clipped = torch.ones(4)
+    normalized_step(clipped, torch.arange(4), torch.tensor([100.0, 0.1, -0.1, 0.1]), lr=0.1, clip=1.5)
+    assert clipped[0].item() == pytest.approx(1 - 0.15)
+    # an all-zero gradient (e.g. every mass saturated) moves nothing and makes no NaN
+    zero = torch.ones(3)
+    normalized_step(zero, torch.arange(3), torch.zeros(3), lr=0.1)
+    assert zero.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_balanced_objective_trains_the_network_on_the_weighted_mean_and_balances_the_weights():
+    from lightning_lossval.errors import ConfigError
+    from lightning_lossval.objective import weight_mass
+    from lightning_lossval.sinkhorn import debiased_potentials
+    from lightning_lossval.updates import Balanced
+
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(B, D, generator=g), torch.randn(V, D, generator=g)
+    w0 = 1 + 0.3 * torch.randn(B, generator=g)
+    raw = torch.rand(B, generator=g) + 0.1
+    objective = Objective()
+    validation = prepare_validation(y, None, objective)
+
+    def run(update=None, state=None):
+        w, losses = w0.clone().requires_grad_(True), raw.clone().requires_grad_(True)
+        value = lossval_objective(w, losses, x, validation, objective, update=update, state=state)
+        value.backward()
+        return value.detach(), w.grad, losses.grad
+
+    value, w_grad, loss_grad = run()  # no rule: L_w * S**2, followed by network and weights alike
+    rule = Balanced(ot_share=0.5)
+    state = rule.state(B)
+    b_value, b_w_grad, b_loss_grad = run(rule, state)
+    masses = weight_mass(w0, "sigmoid")
+    # the network's loss: the masses' weighted mean of its losses, not rescaled by the transport term
+    torch.testing.assert_close(b_value, (masses * raw).sum() / masses.sum())
+    torch.testing.assert_close(b_loss_grad, masses / masses.sum())
+    assert not torch.allclose(b_value, value)
+    assert state["loss_scale"][0].item() == 1  # one batch folded into the loss scale
+
+    # the weights' gradient: the balanced direction itself
+    a = masses / masses.sum()
+    cost = (cost_matrix(x, y, 2), cost_matrix(x, x, 2))
+    f, _ = debiased_potentials(a, validation.masses, *cost, None, validation.schedule, validation.potential)
+    loss_dev, potential_dev = raw - (a * raw).sum(), f - (a * f).sum()
+    expected = loss_dev / loss_dev.pow(2).mean().sqrt() + 0.5 * potential_dev / potential_dev.pow(2).mean().sqrt()
+    torch.testing.assert_close(b_w_grad, expected, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(b_w_grad, w_grad)
+
+    with pytest.raises(ConfigError, match=r"state=Balanced\(\).state"):
+        lossval_objective(w0, raw, x, validation, objective, update=rule)
+
+
+def test_balanced_direction_votes_by_running_scale_and_shares_automatically():
+    from lightning_lossval.updates import Balanced, balanced_direction
+
+    running = Balanced().state(4)
+    outlier = torch.tensor([3.0, -1.0, -1.0, -1.0])
+    potential = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    first = balanced_direction(outlier, potential, torch.tensor(0.2), running, share=0.0)
+    # first batch: its own RMS is the scale
+    torch.testing.assert_close(first, outlier / outlier.pow(2).mean().sqrt())
+    # a later batch whose losses barely differ casts a small loss vote, in units of the running scale
+    flat = torch.tensor([0.03, -0.01, -0.01, -0.01])
+    second = balanced_direction(flat, potential, torch.tensor(0.2), running, share=0.0)
+    assert second.abs().max().item() < 0.1 * first.abs().max().item()
+    # the same losses scaled by 1000 give the same directions (units cancel)
+    scaled = Balanced().state(4)
+    balanced_direction(outlier * 1000, potential, torch.tensor(0.2), scaled, share=0.0)
+    torch.testing.assert_close(balanced_direction(flat * 1000, potential, torch.tensor(0.2), scaled, share=0.0), second)
+
+    # "auto": the running mean of the objective's ratio, capped
+    auto = Balanced().state(4)
+    zero = torch.zeros(4)
+    for ratio in (0.1, 0.3):
+        direction = balanced_direction(zero, potential, torch.tensor(ratio), auto, share="auto", share_max=0.6)
+    expected_share = (0.99 * 0.01 * 0.1 + 0.01 * 0.3) / (1 - 0.99**2)
+    torch.testing.assert_close(direction, expected_share * potential)
+    capped = balanced_direction(zero, potential, torch.tensor(50.0), auto, share="auto", share_max=0.6)
+    torch.testing.assert_close(capped, 0.6 * potential)
+    # undefined ratios (all losses equal, or a non-positive divergence) are skipped, never NaN
+    before = auto["ratio"].clone()
+    out = balanced_direction(zero, zero, torch.tensor(float("nan")), auto, share="auto")
+    assert torch.isfinite(out).all() and out.abs().sum() == 0 and auto["ratio"].tolist() == before.tolist()
+
+
+def test_running_step_scales_by_the_running_rms_and_moves_only_the_batch():
+    from lightning_lossval.updates import normalized_step, running_step
+
+    scale = torch.zeros(2)
+    weights, reference = torch.ones(6), torch.ones(6)
+    grad = torch.tensor([1.0, -2.0, 0.5, 0.0])
+    index = torch.tensor([0, 2, 3, 5])
+    running_step(weights, index, grad, scale, lr=0.1, clip=10.0)
+    rms = grad.pow(2).mean().sqrt()
+    reference[index] -= 0.1 * 10.0 * torch.tanh(grad / (rms * 10.0))
+    torch.testing.assert_close(weights, reference)  # first step: the batch's own RMS, softly clipped
+    normalized_step(reference, index, grad, lr=0.1, clip=10.0)  # a large clip: nearly the plain step
+    torch.testing.assert_close(weights - 1, reference - weights, atol=2e-3, rtol=0)
+    assert weights[[1, 4]].tolist() == [1.0, 1.0]
+    # a later batch of small gradients moves little (the normalized step would move it fully)
+    small, small_ref = torch.ones(4), torch.ones(4)
+    running_step(small, torch.arange(4), grad * 0.01, scale, lr=0.1, clip=10.0)
+    normalized_step(small_ref, torch.arange(4), grad * 0.01, lr=0.1, clip=10.0)
+    assert (small - 1).abs().max() < 0.05 * (small_ref - 1).abs().max()
+    # an all-zero first gradient moves nothing without NaN
+    zero = torch.ones(3)
+    running_step(zero, torch.arange(3), torch.zeros(3), torch.zeros(2), lr=0.1)
+    assert zero.tolist() == [1.0, 1.0, 1.0]
+    clipped = torch.ones(4)
+    grad = torch.tensor([100.0, 10.0, -0.1, 0.1])
+    running_step(clipped, torch.arange(4), grad, torch.zeros(2), lr=0.1, clip=1.5)
+    rms = grad.pow(2).mean().sqrt().item()
+    assert 1 - 0.15 < clipped[0].item() < 1 - 0.12  # bounded by lr * clip, close to it
+    assert clipped[0].item() < clipped[1].item() < 1  # soft: the stronger gradient still moves further
+    assert (1 - clipped[2:]).tolist() == pytest.approx([-0.1 * 0.1 / rms, 0.1 * 0.1 / rms], rel=1e-3)
+
+
+def test_rules_own_their_options_state_and_store():
+    from lightning_lossval.errors import ConfigError
+    from lightning_lossval.updates import RULES, Adam, Balanced, Normalized
+
+    assert RULES == {"adam": Adam, "normalized": Normalized, "balanced": Balanced}
+    assert (Adam().lr, Normalized().lr, Balanced().lr) == (0.01, 0.01, 0.05)
+    assert not Adam.sparse_only and Normalized.sparse_only and Balanced.sparse_only
+    assert set(Adam().state(3)) == {"exp_avg", "exp_avg_sq", "steps"} and Adam().state(3)["steps"].shape == (3,)
+    assert Normalized().state(3) == {} and set(Balanced().state(3)) == {"loss_scale", "ratio", "step_scale"}
+    assert Balanced.synced == ("loss_scale", "ratio")
+    for bad, message in (
+        (lambda: Balanced(lr=0), "lr must be a positive"),
+        (lambda: Balanced(ot_share=-0.1), "ot_share"),
+        (lambda: Balanced(ot_share="half"), "ot_share"),
+        (lambda: Balanced(ot_share_max=0.0), "ot_share_max"),
+        (lambda: Balanced().check(Objective(reduction="sum")), "reduction='normalized'"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            bad()
