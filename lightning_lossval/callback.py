@@ -3,28 +3,36 @@
 What it does, in hook order:
 
 - ``setup``: refuses strategies it cannot keep correct (FSDP, DeepSpeed, ``ddp_spawn`` /
-  ``ddp_fork``); creates ``N`` weights (ones) in a store (``lightning_lossval.stores``); patches
-  the module (``lightning_lossval.patching``) so that ``training_step`` gets the batch without
-  indices while :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the batch's
-  LossVal loss. ``teardown`` and ``on_exception`` undo every patch.
+  ``ddp_fork``); creates ``N`` new weights (ones) in a store (``lightning_lossval.stores``);
+  patches the module (``lightning_lossval.patching``) so that ``training_step`` gets the batch
+  without indices while :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the
+  batch's LossVal loss. ``teardown`` and ``on_exception`` undo every patch, so a failed fit
+  leaves the module as it was and a later fit starts afresh.
 - ``on_fit_start``: the dense store joins the user's optimizer; the validation features are
   computed once (in eval mode), or at every epoch start when the module sets
-  ``lossval_refresh_validation`` (features from the network).
-- every optimizer step: the sparse store moves the batch's samples (gathered from all ranks).
+  ``lossval_refresh_validation`` (features from the network). Training steps before it (a
+  tuner's trial runs: ``Tuner.lr_find``, ``scale_batch_size``) train on the plain mean loss and
+  leave the weights alone.
+- every optimizer step: the sparse store moves the batch's samples (gathered from all ranks);
+  both stores count each row's visits. At the first epoch end, weights that no optimizer step
+  ever moved are an error that names ``optimizer_index``.
 - every ``log_every_n_steps`` and at each epoch end (rank zero): a weight histogram and the
   scalars ``lossval/weight_mean``, ``_std``, ``_min`` and ``_frac_below_init``; at epoch ends,
   when the noisy rows are known, ``lossval/detection_f1``, ``f1_at_noise_rate``, ``auroc`` and
   ``average_precision``.
-- ``on_fit_end``: writes ``values.csv`` and ``values.pt`` atomically into the run's log
-  directory, prints the ``show`` lowest-valued rows (and the detection metrics), and puts
-  the same table (and a clean-vs-noisy figure) into TensorBoard.
+- ``on_fit_end``: writes ``values.csv`` and ``values.pt`` atomically into the logger's log
+  directory (without one: a new ``<default_root_dir>/lossval/version_N``), prints the ``show``
+  lowest-valued rows (and the detection metrics), and puts the same table (and a
+  clean-vs-noisy figure) into TensorBoard.
 
 ``values.csv`` lists the samples lowest value first: ``rank, index`` (position in the
 training dataset), the DataModule's ``row_columns()`` if it has that method (e.g. ``row``,
 ``id``, ``target``), ``prediction`` if the module has ``lossval_predict(batch)`` (decoded by
-the DataModule's ``format_target`` if present), ``noisy`` when known, and ``value``.
-Checkpoints hold the weights and the update rule's state, so resuming, also mid-epoch,
-continues exactly.
+the DataModule's ``format_target`` if present), ``noisy`` when known, ``visits`` (how often the
+row was in a training batch; 0: never measured, its value stays 1.0) and ``value``.
+The callback's checkpoint state holds the weights, the visits and the update rule's state (the
+module's own state dict stays free of them), so resuming, also mid-epoch, continues exactly;
+``trainer.test`` / ``validate`` with a ``ckpt_path`` leave the values of the fit alone.
 """
 
 from __future__ import annotations
@@ -35,23 +43,39 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_lossval import patching
-from lightning_lossval.data import Indexed, IndexedDataset
-from lightning_lossval.errors import ConfigError, DataError, ResumeError
-from lightning_lossval.mixin import LossValMixin
+from lightning_lossval.data import Indexed, IndexedDataset, per_sample_loss_error, several_loaders_error
+from lightning_lossval.errors import ConfigError, DataError
+from lightning_lossval.mixin import WEIGHTS, LossValMixin
 from lightning_lossval.objective import Objective, Validation, lossval_objective, prepare_validation
-from lightning_lossval.presets import Preset, check_resume, describe, resolve
-from lightning_lossval.report import atomic_write, table_csv, values_table
-from lightning_lossval.run_report import log_detection, log_weights, print_report, row_columns
-from lightning_lossval.stores import DenseWeights, SparseWeights
+from lightning_lossval.presets import Preset, resolve
+from lightning_lossval.report import save_values, values_table, write_csv
+from lightning_lossval.run_report import (
+    log_detection,
+    log_weights,
+    noisy_mask,
+    print_report,
+    row_columns,
+    values_dir,
+)
+from lightning_lossval.stores import (
+    DenseWeights,
+    SparseWeights,
+    check_applied,
+    check_finite,
+    check_store,
+    load_state,
+    new_store,
+    save_state,
+)
 from lightning_lossval.updates import UpdateRule
 from lightning_lossval.validation import validation_data
 
-SPARSE_AUTO_THRESHOLD = 100_000  # sparse=None: the sparse store from this many training samples on
 INDEX_HELP = "wrap your DataModule in IndexedDataModule(...) or your train DataLoader in index_dataloader(...)"
 
 
@@ -70,8 +94,9 @@ class LossValCallback(Callback):
     Args:
         val_data: the validation set the batches are compared with. A ``[V, ...]`` tensor of
             features, a ``Dataset`` or ``DataLoader`` whose batches go through the module's
-            ``lossval_features``, a ``(inputs, targets)`` tuple of tensors, or ``None`` for the
-            DataModule's ``val_dataloader``.
+            ``lossval_features``, a ``(inputs, targets)`` tuple or list of tensors, or ``None`` for the
+            loaders the fit validates on (``val_dataloaders``, the DataModule's or the module's
+            ``val_dataloader``).
         lr: the weights' step size, replacing the update rule's (default: the rule's, 0.05 for
             the default's balanced step, which moves a sample by at most ``2 * lr`` per visit,
             0.01 for the paper's Adam).
@@ -80,10 +105,12 @@ class LossValCallback(Callback):
             :class:`~lightning_lossval.objective.Objective` or a
             :class:`~lightning_lossval.presets.Preset` (see ``lightning_lossval.presets``).
         update: an update rule (``lightning_lossval.updates``) replacing the preset's.
-        optimizer_index: which of the module's optimizers the weights' steps go with.
+        optimizer_index: which of the module's optimizers the weights' steps go with (under manual
+            optimization: the one that steps after the LossVal loss's backward).
         log_every_n_steps: histogram and scalar cadence in optimizer steps (default: the
             Trainer's ``log_every_n_steps``); 0 logs at epoch ends only.
-        export: write ``values.csv`` and ``values.pt`` into the log directory at the end of fit.
+        export: write ``values.csv`` and ``values.pt`` at the end of fit into the logger's log
+            directory, or without one into a new ``<default_root_dir>/lossval/version_N``.
         noisy_mask: ``[N]`` bool, the rows known to be corrupted (default: the DataModule's
             ``noisy_mask`` attribute, if any); enables the detection metrics.
         show: how many of the lowest-valued rows to print and log as text at the end of fit.
@@ -106,11 +133,7 @@ class LossValCallback(Callback):
         sparse: bool | None = None,
     ) -> None:
         self.preset = resolve(objective, update, lr)
-        if sparse is False and self.preset.update.sparse_only:
-            raise ConfigError(
-                f"update={self.preset.update.name!r} moves only the batch's samples, which needs the sparse weight "
-                "store: drop sparse=False (or use the paper's update='adam')"
-            )
+        check_store(self.preset.update, sparse)
         self.val_data = val_data
         self.optimizer_index = optimizer_index
         self.log_every_n_steps = log_every_n_steps
@@ -122,6 +145,7 @@ class LossValCallback(Callback):
         self.in_training_step = False
         self.values_path: Path | None = None
         self._store: DenseWeights | SparseWeights | None = None
+        self._fitting = self._started = False  # between setup and teardown of fit; after on_fit_start
         self._validation: Validation | None = None
         self._validation_epoch = -1  # the epoch whose start computed the validation features
         self._step: Indexed | None = None
@@ -138,17 +162,24 @@ class LossValCallback(Callback):
             raise RuntimeError("no values yet: call trainer.fit(...) with this callback first")
         return self._store.values().detach().float().cpu().clone()
 
+    @property
+    def visits(self) -> Tensor:
+        """How many times each sample was in a training batch, ``[N]`` long on the CPU (0: never measured)."""
+        if self._store is None:
+            raise RuntimeError("no visits yet: call trainer.fit(...) with this callback first")
+        return self._store.visits.cpu().clone()
+
     def table(self, limit: int | None = None) -> list[dict[str, Any]]:
         """The rows of ``values.csv``: lowest value first, with the known per-sample columns."""
-        return values_table(_finite(self.values, "export", self.preset.update), self.columns, limit)
+        return values_table(check_finite(self.values, "export", self.preset.update), self.columns, limit)
 
     def to_csv(self, path: str | os.PathLike) -> Path:
         """Write :meth:`table` as CSV, atomically (a crash never leaves a truncated file)."""
-        return _write_csv(path, self.table())
+        return write_csv(path, self.table())
 
     def save_values(self, directory: str | os.PathLike) -> Path:
         """Write ``values.csv`` and ``values.pt`` (the ``[N]`` tensor) into ``directory``."""
-        return _save(directory, _finite(self.values, "export", self.preset.update), self.columns)
+        return save_values(directory, check_finite(self.values, "export", self.preset.update), self.columns)
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -161,28 +192,28 @@ class LossValCallback(Callback):
                 "class and reduce the per-sample losses in training_step with self.lossval_loss(losses)"
             )
         _check_strategy(trainer)
-        n = _count_train_samples(trainer)
-        rule = self.preset.update
-        sparse = rule.sparse_only or (self.sparse if self.sparse is not None else n >= SPARSE_AUTO_THRESHOLD)
-        self._store = SparseWeights(n, rule) if sparse else DenseWeights(pl_module, n, rule.lr)
-        patching.patch(pl_module, self, self._training_step, dense=not sparse)
+        self._store = new_store(_count_train_samples(trainer), self.preset.update, self.sparse, pl_module.device)
+        patching.patch(pl_module, self, self._training_step, None if self._store.sparse else self._store.weights)
+        self._fitting, self._started = True, False
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
-            patching.restore(pl_module)
+            self.on_exception(trainer, pl_module, None)
 
     @override
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        patching.restore(pl_module)
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException | None) -> None:
+        patching.restore(pl_module)  # the module is the user's again: no patches, no weights parameter
+        self._fitting = self._started = False
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._store.start(trainer, self._optimizer(trainer))
+        self._store.start(trainer, _optimizer(trainer, self.optimizer_index))
         self._prepare_validation(trainer, pl_module)
-        self._noisy = _noisy_mask(self.noisy_mask, trainer, self._store.numel())
+        self._noisy = noisy_mask(self.noisy_mask, trainer, self._store.numel())
         self._checked_shapes = False
         self._last_logged_step = -1
+        self._started = True
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -191,7 +222,7 @@ class LossValCallback(Callback):
 
     @override
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        if optimizer is self._optimizer(trainer):
+        if optimizer is _optimizer(trainer, self.optimizer_index):
             self._store.step(trainer)
 
     @override
@@ -202,49 +233,50 @@ class LossValCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        _finite(self._store.values(), f"epoch {trainer.current_epoch}", self.preset.update)  # where they live: no copy
+        check_finite(self._store.values(), f"epoch {trainer.current_epoch}", self.preset.update)  # no copy
+        check_applied(self._store, self.optimizer_index, trainer.current_epoch)
         self._log(trainer)
         if self._noisy is not None and trainer.is_global_zero:
             log_detection(trainer, self.values, self._noisy)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        directory = trainer.log_dir or trainer.default_root_dir  # a collective under DDP: every rank asks
+        directory = values_dir(trainer) if self.export else None  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
-        self.columns = row_columns(trainer, pl_module, self._noisy)
-        values = _finite(self.values, "export", self.preset.update)
-        if self.export:
-            self.values_path = _save(directory, values, self.columns)
+        self.columns = {**row_columns(trainer, pl_module, self._noisy), "visits": self.visits.tolist()}
+        values = check_finite(self.values, "export", self.preset.update)
+        if directory is not None:
+            self.values_path = save_values(directory, values, self.columns)
         print_report(trainer, values, self.columns, self.show, self._noisy, self.values_path)
 
     @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"].pop(WEIGHTS, None)  # the dense weights are in this callback's state
+
+    @override
     def state_dict(self) -> dict[str, Any]:
-        if self._store is None:
-            return {}
-        return {
-            "num_samples": self._store.numel(),
-            "sparse": self._store.sparse,
-            "objective": describe(self.preset),
-            "store": self._store.state_dict(),
-        }
+        return {} if self._store is None else save_state(self._store, self.preset)
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self._store is None or "store" not in state_dict:
+        if "store" not in state_dict:
             return
-        check_resume(state_dict.get("objective", {}), self.preset)
-        if state_dict["sparse"] != self._store.sparse:
-            kind = "sparse" if state_dict["sparse"] else "dense"
-            raise ResumeError(
-                f"the checkpoint was trained with the {kind} weight store: resume with sparse={state_dict['sparse']}"
+        if not self._fitting:  # trainer.test / validate / predict(ckpt_path=...)
+            rank_zero_info(
+                "LossValCallback: the checkpoint's LossVal weights are not loaded outside fit; cb.values and "
+                "values.csv stay those of this callback's last fit (resume with trainer.fit(ckpt_path=...))"
             )
-        self._store.load_state_dict(state_dict["store"])
+            return
+        load_state(self._store, state_dict, self.preset)
 
     # ------------------------------------------------------------------ the step
     def _training_step(self, step: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
         if not isinstance(batch, Indexed):
             raise DataError(f"the training batch carries no sample indices: {INDEX_HELP}")
+        if not self._started:  # a tuner's trial fit before this fit's start: the plain loss, weights untouched
+            return step(batch.data, *args, **kwargs)
+        self._store.begin_batch()
         self._step, self._calls, self.in_training_step = batch, 0, True
         try:
             output = step(batch.data, *args, **kwargs)
@@ -261,10 +293,7 @@ class LossValCallback(Callback):
         """The LossVal loss of the running training step's batch (what ``lossval_loss`` returns)."""
         index, batch = self._step
         if losses.dim() != 1 or losses.shape[0] != index.shape[0]:
-            raise DataError(
-                f"lossval_loss expects one loss per sample, shape [{index.shape[0]}], got {tuple(losses.shape)}; "
-                "compute the loss with reduction='none'"
-            )
+            raise DataError(per_sample_loss_error(tuple(losses.shape), index.shape[0]))
         if features is None:
             features = pl_module.lossval_features(batch)
         features = features.detach().reshape(features.shape[0], -1)
@@ -281,14 +310,6 @@ class LossValCallback(Callback):
         )
 
     # ------------------------------------------------------------------ helpers
-    def _optimizer(self, trainer: Trainer) -> Any:
-        if len(trainer.optimizers) <= self.optimizer_index:
-            raise ConfigError(
-                f"LossVal uses optimizer {self.optimizer_index} but configure_optimizers returned "
-                f"{len(trainer.optimizers)}; return an optimizer or set optimizer_index"
-            )
-        return trainer.optimizers[self.optimizer_index]
-
     def _prepare_validation(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """The validation side of the objective from the module as it is now."""
         objective = self.preset.objective
@@ -309,9 +330,20 @@ def _count_train_samples(trainer: Trainer) -> int:
     if not source.is_defined():
         raise DataError("LossValCallback found no train dataloader: give fit a training DataLoader or DataModule")
     loader = source.dataloader()
+    if (several := several_loaders_error(loader)) is not None:
+        raise DataError(several)
     if not isinstance(loader, DataLoader) or not isinstance(loader.dataset, IndexedDataset):
         raise DataError(f"the train dataloader does not carry sample indices: {INDEX_HELP}")
     return len(loader.dataset)
+
+
+def _optimizer(trainer: Trainer, index: int) -> Any:
+    if len(trainer.optimizers) <= index:
+        raise ConfigError(
+            f"LossVal uses optimizer {index} but configure_optimizers returned {len(trainer.optimizers)}; return an "
+            "optimizer or set optimizer_index"
+        )
+    return trainer.optimizers[index]
 
 
 def _check_strategy(trainer: Trainer) -> None:
@@ -331,39 +363,6 @@ def _check_strategy(trainer: Trainer) -> None:
         )
 
 
-def _save(directory: str | os.PathLike, values: Tensor, columns: dict[str, list]) -> Path:
-    """``values.pt`` and ``values.csv`` into ``directory``, each written atomically; the CSV's path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    atomic_write(directory / "values.pt", lambda f: torch.save(values, f))
-    return _write_csv(directory / "values.csv", values_table(values, columns))
-
-
-def _write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
-    data = table_csv(rows)
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def _finite(values: Tensor, when: str, rule: UpdateRule) -> Tensor:
-    """``values`` if all are finite; else an error that names the likely cause."""
-    bad = int((~torch.isfinite(values)).sum())
-    if not bad:
-        return values
-    if rule.name == "balanced":
-        cause = (
-            "the weights follow the per-sample losses, so NaN or inf losses reached them: check the training "
-            "inputs for NaN or inf and whether the network itself diverges (its learning rate)"
-        )
-    else:
-        cause = (
-            "this objective trains the network on L_w * S**k, which multiplies the network's learning rate by "
-            "a factor that changes every batch and grows with the features' scale, so with SGD or unscaled "
-            "inputs the network and then the weights diverge; use objective='default' (the network trains on "
-            "its own loss), standardise the inputs, or use Adam; also check the inputs for NaN or inf"
-        )
-    raise FloatingPointError(f"{bad} of {values.numel()} LossVal weights are NaN or inf ({when}): {cause}")
-
-
 def _check_batch(index: Tensor, features: Tensor, n: int, val_dim: int) -> None:
     """Refuse indices outside ``[0, n)`` and features of another width than the validation side's."""
     if index.dtype != torch.long or index.dim() != 1 or int(index.min()) < 0 or int(index.max()) >= n:
@@ -373,14 +372,3 @@ def _check_batch(index: Tensor, features: Tensor, n: int, val_dim: int) -> None:
             f"the training batch has {features.shape[1]} features but the validation features have {val_dim}: "
             "pass val_data represented like the training inputs (or override lossval_features so both match)"
         )
-
-
-def _noisy_mask(mask: Tensor | None, trainer: Trainer, n: int) -> Tensor | None:
-    """The rows known to be corrupted: ``mask``, or the DataModule's ``noisy_mask``; ``None`` if unknown."""
-    mask = mask if mask is not None else getattr(trainer.datamodule, "noisy_mask", None)
-    if mask is None:
-        return None
-    mask = torch.as_tensor(mask).bool().cpu().flatten()
-    if mask.numel() != n:
-        raise DataError(f"noisy_mask has {mask.numel()} entries but there are {n} training samples")
-    return mask

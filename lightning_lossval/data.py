@@ -4,18 +4,21 @@ A training batch becomes ``Indexed(index, data)``: ``index`` is a ``[B]`` long t
 in the training dataset and ``data`` is exactly the batch the wrapped loader would have produced.
 The index comes from the dataset itself, so it stays global whatever sampler Lightning injects
 (``DistributedSampler`` included). Validation, test and predict loaders are not touched.
+LossVal values one training loader, and a training step's losses are one per indexed sample;
+:func:`several_loaders_error` and :func:`per_sample_loss_error` say what to do otherwise.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 from torch.utils.data.dataloader import default_collate
@@ -163,6 +166,41 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
     )
 
 
+def several_loaders_error(loader: Any) -> str | None:
+    """Why a fit's training loaders cannot be valued when they are a list, tuple, dict or ``CombinedLoader``
+    (LossVal values one indexed ``DataLoader``); ``None`` for anything else."""
+    if not isinstance(loader, (CombinedLoader, Mapping, list, tuple)):
+        return None
+    count = len(loader.flattened if isinstance(loader, CombinedLoader) else loader)
+    if count == 1:
+        return (
+            f"fit got its training DataLoader inside a {type(loader).__name__}, so training_step would get a "
+            "collection of batches: pass the DataLoader itself, trainer.fit(model, train_dataloaders=loader)"
+        )
+    return (
+        f"LossVal values the samples of one training DataLoader, but fit got {count} in a {type(loader).__name__}; "
+        "join their datasets into one: index_dataloader(DataLoader(ConcatDataset([dataset_a, dataset_b]), "
+        "batch_size=..., shuffle=True)) (value i is then item i of the ConcatDataset)"
+    )
+
+
+def per_sample_loss_error(shape: tuple[int, ...], batch_size: int) -> str:
+    """Why losses of ``shape`` are not one loss per sample of a batch of ``batch_size``, and the fix."""
+    got = f"lossval_loss expects one loss per sample, shape [{batch_size}], got {shape}"
+    if len(shape) == 0:
+        return f"{got}: the loss is already reduced; compute it with reduction='none'"
+    if len(shape) > 1 and shape[0] == batch_size:
+        return (
+            f"{got}: one row per sample with extra dimensions (e.g. F.mse_loss(pred, y.unsqueeze(1), "
+            "reduction='none') on a [B, 1] output); pass losses.squeeze(1) or losses.flatten() when there is one "
+            "value per sample, or average the rest per sample with losses.flatten(1).mean(1)"
+        )
+    return (
+        f"{got}: the first dimension must be the batch's samples; compute the loss with reduction='none' and "
+        f"reduce anything else per sample (e.g. losses.view({batch_size}, -1).mean(1) for per-token losses)"
+    )
+
+
 def on_inner_batch(hook: Callable) -> Callable:
     """Wrap a batch hook ``hook(batch, *args)`` so that it sees the batch inside an ``Indexed``."""
 
@@ -184,7 +222,8 @@ class IndexedDataModule(LightningDataModule):
         Trainer(callbacks=[LossValCallback()]).fit(model, dm)
 
     ``prepare_data``, ``setup``, ``teardown``, ``state_dict`` and ``load_state_dict`` go to the
-    wrapped module, as do attribute look-ups (``dm.num_classes``). Its validation, test and
+    wrapped module, as do attribute look-ups (``dm.num_classes``) and writes to its attributes
+    (``dm.batch_size = 64``, as the batch-size tuner does). Its validation, test and
     predict loaders pass through unchanged, and those it does not define stay undefined. Its
     batch-transfer hooks see the inner batch of an ``Indexed`` batch.
 
@@ -195,8 +234,8 @@ class IndexedDataModule(LightningDataModule):
 
     def __init__(self, datamodule: LightningDataModule, seed: int | None = None) -> None:
         super().__init__()
+        self.seed = seed  # before datamodule: from then on, writes of names the wrapped module has go there
         self.datamodule = datamodule
-        self.seed = seed
         for name in EVAL_LOADERS:
             if is_overridden(name, datamodule, LightningDataModule):
                 setattr(self, name, getattr(datamodule, name))
@@ -208,6 +247,15 @@ class IndexedDataModule(LightningDataModule):
         if name.startswith("_") or name == "datamodule":
             raise AttributeError(name)
         return getattr(self.datamodule, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """Attributes the wrapped module owns are set there (e.g. the batch-size tuner's ``batch_size``)."""
+        inner = self.__dict__.get("datamodule")
+        owned = name in self.__dict__ or name.startswith("_") or hasattr(type(self), name)
+        if inner is not None and not owned and hasattr(inner, name):
+            setattr(inner, name, value)
+        else:
+            super().__setattr__(name, value)
 
     @property
     def hparams(self):  # type: ignore[override]

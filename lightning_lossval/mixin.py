@@ -7,6 +7,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
+from lightning_lossval.errors import ResumeError
+
 WEIGHTS = "lossval_weights"
 HOOK = "_lossval_callback"  # the instance attribute through which the callback serves lossval_loss
 
@@ -95,18 +97,23 @@ class LossValMixin:
             return batch[1]
         return None
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the dense LossVal weights out of the model's state dict (the callback's state holds them)."""
+        super().on_save_checkpoint(checkpoint)  # type: ignore[misc]
+        checkpoint.get("state_dict", {}).pop(WEIGHTS, None)
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Accept checkpoints with LossVal weights when the module was built without them."""
+        """Load checkpoints with or without LossVal weights, whether or not a fit is running with them."""
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
         state = checkpoint.get("state_dict", {})
         saved = state.get(WEIGHTS)
         current = self._parameters.get(WEIGHTS)  # type: ignore[attr-defined]
-        if saved is None:
-            return
         if current is None:
-            state.pop(WEIGHTS)  # loading a trained model for inference: the values stay in the file
+            state.pop(WEIGHTS, None)  # an older checkpoint, loaded for inference: the values stay in the file
+        elif saved is None:
+            state[WEIGHTS] = current.detach()  # resuming a dense fit: the callback's state restores them
         elif saved.shape != current.shape:
-            raise ValueError(
+            raise ResumeError(
                 f"the checkpoint holds LossVal weights for {saved.numel()} training samples but this run has "
                 f"{current.numel()}; resume with the training data the checkpoint was made with"
             )

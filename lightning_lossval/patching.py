@@ -8,10 +8,12 @@ what a fit that ended in an exception may have left. Patched, for every store:
 - the batch-transfer hooks the module overrides: they see the inner batch of ``Indexed``;
 - ``_lossval_callback``: the :class:`~lightning_lossval.mixin.LossValHook` ``lossval_loss`` asks.
 
-For the dense store only (its weights are a param group of the user's optimizer):
-``lr_scheduler_step`` and ``configure_gradient_clipping`` run with that group hidden, so
-schedulers built before it existed neither crash on it (LambdaLR, OneCycleLR keep per-group
-lists) nor change its lr, and clipping leaves its gradient alone.
+For the dense store only: its weights become the parameter ``lossval_weights`` (registered
+before any strategy wraps the module, so DDP broadcasts and all-reduces it) and a param group of
+the user's optimizer; ``lr_scheduler_step`` and ``configure_gradient_clipping`` run with that
+group hidden, so schedulers built before it existed neither crash on it (LambdaLR, OneCycleLR
+keep per-group lists) nor change its lr, and clipping leaves its gradient alone. :func:`restore`
+takes the parameter off again: after fit the module's state dict is the user's own.
 """
 
 from __future__ import annotations
@@ -23,21 +25,25 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import nn
 
 from lightning_lossval.data import BATCH_HOOKS, on_inner_batch
-from lightning_lossval.mixin import HOOK, LossValHook
+from lightning_lossval.mixin import HOOK, WEIGHTS, LossValHook
 from lightning_lossval.stores import GROUP_NAME
 
 PATCHED = "_lossval_patched"  # the names patched on the instance
 
 
-def patch(pl_module: LightningModule, hook: LossValHook, training_step: Callable, dense: bool) -> None:
-    """Route ``pl_module``'s training step through ``training_step(step, batch, *args)`` and ``hook``."""
+def patch(pl_module: LightningModule, hook: LossValHook, training_step: Callable, weights: nn.Parameter | None) -> None:
+    """Route ``pl_module``'s training step through ``training_step(step, batch, *args)`` and ``hook``;
+    register the dense store's ``weights`` (``None`` for the sparse store)."""
     restore(pl_module)
     wrappers: dict[str, Callable] = {"training_step": training_step}
-    if dense:
-        wrappers.update(lr_scheduler_step=_scheduler_step_alone, configure_gradient_clipping=_clipping_alone)
     names = [HOOK]
+    if weights is not None:
+        wrappers.update(lr_scheduler_step=_scheduler_step_alone, configure_gradient_clipping=_clipping_alone)
+        pl_module.register_parameter(WEIGHTS, weights)
+        names.append(WEIGHTS)
     for name, wrapper in wrappers.items():
         method = getattr(pl_module, name)
         setattr(pl_module, name, functools.wraps(method)(functools.partial(wrapper, method)))
@@ -54,6 +60,7 @@ def restore(pl_module: LightningModule) -> None:
     """Remove every patch :func:`patch` set; a module that was never patched is left as it is."""
     for name in pl_module.__dict__.pop(PATCHED, ()):
         pl_module.__dict__.pop(name, None)
+        pl_module._parameters.pop(name, None)  # the dense weights
 
 
 def is_patched(pl_module: LightningModule) -> bool:

@@ -143,3 +143,33 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def save_values(directory: str | os.PathLike, values: Tensor, columns: dict[str, list]) -> Path:
+    """``values.pt`` (the ``[N]`` tensor) and ``values.csv`` (:func:`values_table`) into ``directory``, each
+    written atomically; the CSV's path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write(directory / "values.pt", lambda f: torch.save(values, f))
+    return write_csv(directory / "values.csv", values_table(values, columns))
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> Path:
+    """:func:`table_csv` of ``rows`` into ``path``, atomically."""
+    data = table_csv(rows)
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def next_version_dir(root: str | os.PathLike) -> Path:
+    """Create ``root/version_N`` for the next ``N`` after the existing ones and return it; creating it claims it,
+    so two runs that start together never share one."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    taken = [int(p.name[8:]) for p in root.glob("version_*") if p.name[8:].isdigit()]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (root / f"version_{version}").mkdir()
+            return root / f"version_{version}"
+        except FileExistsError:
+            version += 1

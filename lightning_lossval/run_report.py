@@ -1,4 +1,5 @@
-"""Lightning glue of the report: weight logs during fit, the values table's columns, the final printout."""
+"""Lightning glue of the report: weight logs during fit, the values table's columns, where the values
+files go, the final printout."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_lossval.errors import DataError
 from lightning_lossval.metrics import detection_report
 from lightning_lossval.report import (
     detection_figure,
     format_metrics,
     format_table,
+    next_version_dir,
     values_table,
     weight_histogram,
     weight_stats,
@@ -56,6 +59,28 @@ def row_columns(trainer: Trainer, pl_module: LightningModule, noisy: Tensor | No
     return columns
 
 
+def noisy_mask(mask: Tensor | None, trainer: Trainer, n: int) -> Tensor | None:
+    """The rows known to be corrupted: ``mask``, or the DataModule's ``noisy_mask``; ``None`` if unknown."""
+    mask = mask if mask is not None else getattr(trainer.datamodule, "noisy_mask", None)
+    if mask is None:
+        return None
+    mask = torch.as_tensor(mask).bool().cpu().flatten()
+    if mask.numel() != n:
+        raise DataError(f"noisy_mask has {mask.numel()} entries but there are {n} training samples")
+    return mask
+
+
+def values_dir(trainer: Trainer) -> Path:
+    """Where a fit's values files go: the first logger's ``log_dir`` (TensorBoard's, the CSV logger's
+    ``version_N``); without one (``logger=False``, ``fast_dev_run``, loggers without a local run
+    directory) a new ``<default_root_dir>/lossval/version_N``, so no run overwrites another's files.
+    A collective under DDP: every rank calls it, rank zero decides."""
+    directory = trainer.loggers[0].log_dir if trainer.loggers else None
+    if directory is None and trainer.is_global_zero:
+        directory = str(next_version_dir(Path(trainer.default_root_dir) / "lossval"))
+    return Path(trainer.strategy.broadcast(directory))
+
+
 def print_report(
     trainer: Trainer,
     values: Tensor,
@@ -64,13 +89,19 @@ def print_report(
     noisy: Tensor | None,
     values_path: Path | None,
 ) -> None:
-    """Print the ``show`` lowest rows, the detection metrics and where the values went; put the
-    table (and the clean-vs-noisy figure) into TensorBoard."""
+    """Print the ``show`` lowest rows, the rows never trained on, the detection metrics and where the
+    values went; put the table (and the clean-vs-noisy figure) into TensorBoard."""
     rows = values_table(values, columns, show)
     lines = []
     if rows:
         lines += [f"\nLossVal: the {len(rows)} lowest-valued of {len(values)} training samples (lowest first)"]
         lines += [format_table(rows)]
+    unseen = sum(v == 0 for v in columns.get("visits", ()))
+    if unseen:
+        lines.append(
+            f"{unseen} of {len(values)} rows were never in a training batch; their value 1.0 means unmeasured "
+            "(visits = 0 in values.csv)"
+        )
     if noisy is not None:
         metrics = detection_report(values, noisy)
         lines.append(f"detection of the {int(noisy.sum())} known noisy samples: {format_metrics(metrics)}")

@@ -1,16 +1,21 @@
 """Where the sample weights live and how a step reaches them: two interchangeable stores.
 
-``DenseWeights`` (the paper's way): one parameter of the module in the user's optimizer. Simple
-and exact to the reference, but every step touches all ``N`` weights: the optimizer updates
-all of them (Adam's momentum moves samples that were not in the batch) and DDP all-reduces all
-``N`` gradients (4 MB per step at a million samples).
+``DenseWeights`` (the paper's way): one parameter in the user's optimizer, registered on the
+module only while it fits (``lightning_lossval.patching``). Simple and exact to the reference,
+but every step touches all ``N`` weights: the optimizer updates all of them (Adam's momentum
+moves samples that were not in the batch) and DDP all-reduces all ``N`` gradients (4 MB per step
+at a million samples).
 
 ``SparseWeights``: a tensor held by the callback, outside the module and the DDP bucket. Each
 optimizer step gathers the batch's ``(index, gradient)`` pairs from all ranks and lets the
 update rule (``lightning_lossval.updates``) move those samples only, so traffic and compute
 depend on the batch size, not on ``N``, and a sample moves only on steps that saw it. Every rank
-applies the same update, so the ranks stay identical. The weights and the rule's named state are
-saved in the callback's checkpoint state.
+applies the same update, so the ranks stay identical.
+
+Both count each row's visits (how often it was in a training batch, over all ranks) at every
+optimizer step and note whether a step ever carried a LossVal gradient of its own training step
+(:func:`check_applied`). :func:`save_state` / :func:`load_state` are the callback's checkpoint
+state: weights, visits and the update rule's state, under the objective that learned them.
 """
 
 from __future__ import annotations
@@ -18,36 +23,63 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Trainer
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_lossval.errors import ResumeError
-from lightning_lossval.mixin import WEIGHTS
+from lightning_lossval.errors import ConfigError, ResumeError
+from lightning_lossval.presets import Preset, check_resume, describe
 from lightning_lossval.updates import UpdateRule
 
 GROUP_NAME = "lossval_weights"
+SPARSE_AUTO_THRESHOLD = 100_000  # sparse=None: the sparse store from this many training samples on
 
 
-class DenseWeights:
+class _Store:
+    """What both stores share: visit counts and the micro-batches since the last optimizer step."""
+
+    sparse: bool
+    weights: Tensor
+
+    def __init__(self, n: int) -> None:
+        self.visits = torch.zeros(n, dtype=torch.long)
+        self.pending: list[tuple[Tensor, Tensor | None]] = []  # (index, leaf) of each micro-batch since the step
+        self.fresh = 0  # pending[fresh:] came from the running training step
+        self.selected = 0  # batches whose LossVal loss was computed in this fit
+        self.applied = False  # an optimizer step carried the LossVal gradient of its own training step
+
+    def numel(self) -> int:
+        return self.visits.numel()
+
+    def begin_batch(self) -> None:
+        self.fresh = len(self.pending)
+
+    def _taken(self) -> tuple[Tensor, bool]:
+        """The pending indices and whether the running training step added some; empties ``pending``."""
+        index, fresh = torch.cat([i for i, _ in self.pending]), len(self.pending) > self.fresh
+        self.pending.clear()
+        self.fresh = 0
+        return index, fresh
+
+    def _load_visits(self, state: dict[str, Any]) -> None:
+        if state["weights"].numel() != self.numel():
+            raise ResumeError(
+                f"the checkpoint holds LossVal weights for {state['weights'].numel()} training samples but this run "
+                f"has {self.numel()}; resume with the training data the checkpoint was made with"
+            )
+        if "visits" in state:  # checkpoints from before visits were counted start from zero
+            self.visits = state["visits"].to(self.visits.device).clone()
+
+
+class DenseWeights(_Store):
     """The weights as the module parameter ``lossval_weights``, in the user's optimizer."""
 
     sparse = False
 
-    def __init__(self, pl_module: LightningModule, n: int, lr: float) -> None:
-        weights = pl_module._parameters.get(WEIGHTS)
-        if weights is None:  # before any strategy wraps the module, so DDP broadcasts it
-            weights = nn.Parameter(torch.ones(n, device=pl_module.device))
-            pl_module.register_parameter(WEIGHTS, weights)
-        elif weights.numel() != n:
-            raise ResumeError(
-                f"{type(pl_module).__name__} already has {weights.numel()} LossVal weights but the data has {n} samples"
-            )
-        self.weights = weights
+    def __init__(self, n: int, lr: float, device: torch.device | str = "cpu") -> None:
+        super().__init__(n)
+        self.weights = nn.Parameter(torch.ones(n, device=device))  # patching registers it on the module
         self.lr = lr
-
-    def numel(self) -> int:
-        return self.weights.numel()
 
     def start(self, trainer: Trainer, optimizer: Optimizer) -> None:
         """Give the weights their own param group (own lr, no weight decay), out of the user's groups."""
@@ -55,24 +87,42 @@ class DenseWeights:
             group["params"] = [p for p in group["params"] if p is not self.weights]
         optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
         optimizer.add_param_group({"params": [self.weights], "lr": self.lr, "weight_decay": 0.0, "name": GROUP_NAME})
+        self.visits = self.visits.to(self.weights.device)
+        self.pending.clear()
 
     def select(self, index: Tensor) -> Tensor:
-        return self.weights[index.to(self.weights.device)]
+        index = index.to(self.weights.device)
+        self.pending.append((index, None))
+        self.selected += 1
+        return self.weights[index]
 
     def step(self, trainer: Trainer) -> None:
-        """Nothing to do: the user's optimizer steps the parameter."""
+        """Count the visits; the user's optimizer steps the parameter."""
+        if not self.pending:
+            return
+        index, fresh = self._taken()
+        grad = self.weights.grad
+        self.applied = self.applied or (fresh and grad is not None and bool(grad.any()))
+        if trainer.world_size > 1:
+            index = _gather(trainer, index[None])[0]
+        self.visits.index_add_(0, index, torch.ones_like(index))
 
     def values(self) -> Tensor:
         return self.weights.detach()
 
     def state_dict(self) -> dict[str, Any]:
-        return {}  # the module's state dict and the optimizer hold everything
+        # here rather than in the module's state dict, so checkpoints load into a module built without LossVal
+        return {"weights": self.weights.detach().cpu().clone(), "visits": self.visits.cpu()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
+        if "weights" not in state:  # an older checkpoint: the module's state dict held the weights
+            return
+        self._load_visits(state)
+        with torch.no_grad():
+            self.weights.copy_(state["weights"])  # in place: the optimizer and DDP hold this parameter
 
 
-class SparseWeights:
+class SparseWeights(_Store):
     """The weights in the callback, moved per sample by ``rule`` (``lightning_lossval.updates``).
 
     Under DDP each rank's objective folds its own batch into the rule's running state; every
@@ -83,17 +133,15 @@ class SparseWeights:
     sparse = True
 
     def __init__(self, n: int, rule: UpdateRule) -> None:
+        super().__init__(n)
         self.rule = rule
         self.weights = torch.ones(n)
         self.state = rule.state(n)
-        self.pending: list[tuple[Tensor, Tensor]] = []  # (index, leaf) of each micro-batch since the last step
-
-    def numel(self) -> int:
-        return self.weights.numel()
 
     def start(self, trainer: Trainer, optimizer: Optimizer) -> None:
         device = trainer.lightning_module.device
         self.weights = self.weights.to(device)
+        self.visits = self.visits.to(device)
         self.state = {name: tensor.to(device) for name, tensor in self.state.items()}
         self.pending.clear()
 
@@ -101,23 +149,26 @@ class SparseWeights:
         index = index.to(self.weights.device)
         leaf = self.weights[index].requires_grad_(True)
         self.pending.append((index, leaf))
+        self.selected += 1
         return leaf
 
     def step(self, trainer: Trainer) -> None:
         """Gather this step's ``(index, gradient)`` pairs from every rank and update those samples."""
         if not self.pending:
             return
-        index = torch.cat([i for i, _ in self.pending])
+        self.applied = self.applied or any(w.grad is not None for _, w in self.pending[self.fresh :])
         grad = torch.cat([torch.zeros_like(w) if w.grad is None else w.grad for _, w in self.pending])
-        self.pending.clear()
+        index, _ = self._taken()
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None:  # fp16 AMP: the loss was scaled, these gradients were not unscaled
             grad = grad / scaler.get_scale()
         if trainer.world_size > 1:
-            index, grad = _gather(trainer, index, grad)
+            gathered = _gather(trainer, torch.stack([index.double(), grad.double()]))  # one collective for both
+            index, grad = gathered[0].long(), gathered[1].to(grad.dtype)
             grad = grad / trainer.world_size  # what DDP's averaging all-reduce does to a dense parameter
             for name in self.rule.synced:
                 self.state[name] = trainer.strategy.all_gather(self.state[name]).mean(0)
+        self.visits.index_add_(0, index, torch.ones_like(index))
         if not torch.isfinite(grad).all():
             return  # an overflowing fp16 step (the GradScaler skips it for the network too) or a NaN loss
         index, grad = coalesce(index, grad)
@@ -127,16 +178,64 @@ class SparseWeights:
         return self.weights
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights.cpu(), **{name: tensor.cpu() for name, tensor in self.state.items()}}
+        state = {name: tensor.cpu() for name, tensor in self.state.items()}
+        return {"weights": self.weights.cpu(), "visits": self.visits.cpu(), **state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state["weights"].numel() != self.numel():
-            raise ResumeError(
-                f"the checkpoint holds LossVal weights for {state['weights'].numel()} training samples but this run "
-                f"has {self.numel()}; resume with the training data the checkpoint was made with"
-            )
-        self.weights = state["weights"].clone()
-        self.state = {name: state[name].clone() for name in self.state}
+        self._load_visits(state)
+        self.weights = state["weights"].to(self.weights.device).clone()
+        self.state = {name: state[name].to(self.weights.device).clone() for name in self.state}
+
+
+def check_store(rule: UpdateRule, sparse: bool | None) -> None:
+    """Refuse ``sparse=False`` with a rule that moves only the batch's samples."""
+    if sparse is False and rule.sparse_only:
+        raise ConfigError(
+            f"update={rule.name!r} moves only the batch's samples, which needs the sparse weight store: drop "
+            "sparse=False (or use the paper's update='adam')"
+        )
+
+
+def new_store(n: int, rule: UpdateRule, sparse: bool | None, device: torch.device) -> DenseWeights | SparseWeights:
+    """``n`` new weights (ones): sparse if ``rule`` needs it, if asked, or (``sparse=None``) from
+    ``SPARSE_AUTO_THRESHOLD`` samples on; else dense, created on ``device``."""
+    if rule.sparse_only or (sparse if sparse is not None else n >= SPARSE_AUTO_THRESHOLD):
+        return SparseWeights(n, rule)
+    return DenseWeights(n, rule.lr, device)
+
+
+def save_state(store: DenseWeights | SparseWeights, preset: Preset) -> dict[str, Any]:
+    """The callback's checkpoint state."""
+    return {
+        "num_samples": store.numel(),
+        "sparse": store.sparse,
+        "objective": describe(preset),
+        "store": store.state_dict(),
+    }
+
+
+def load_state(store: DenseWeights | SparseWeights, state: dict[str, Any], preset: Preset) -> None:
+    """Restore :func:`save_state` into ``store``; refuse another objective or store."""
+    check_resume(state.get("objective", {}), preset)
+    if state["sparse"] != store.sparse:
+        kind = "sparse" if state["sparse"] else "dense"
+        raise ResumeError(
+            f"the checkpoint was trained with the {kind} weight store: resume with sparse={state['sparse']}"
+        )
+    store.load_state_dict(state["store"])
+
+
+def check_applied(store: DenseWeights | SparseWeights, optimizer_index: int, epoch: int) -> None:
+    """Refuse weights whose LossVal gradients no optimizer step ever applied (at an epoch end)."""
+    if store.applied or not store.selected:
+        return
+    raise ConfigError(
+        f"the LossVal weights never moved in epoch {epoch}: training_step computed their gradients, but optimizer "
+        f"{optimizer_index} (optimizer_index={optimizer_index}) never stepped with the gradient of its own training "
+        "step (it steps before the LossVal loss's backward, or its zero_grad clears that gradient first). Set "
+        "LossValCallback(optimizer_index=...) to the position, in what configure_optimizers returns, of the "
+        "optimizer that steps after self.manual_backward(self.lossval_loss(...))"
+    )
 
 
 def coalesce(index: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
@@ -145,13 +244,33 @@ def coalesce(index: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     return unique, torch.zeros(len(unique), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
 
 
-def _gather(trainer: Trainer, index: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
-    """All ranks' ``index`` and ``grad`` (lengths may differ by rank), concatenated."""
+def _gather(trainer: Trainer, rows: Tensor) -> Tensor:
+    """All ranks' ``rows`` ``[C, L]`` (``L`` may differ by rank), concatenated: ``[C, sum of L]``."""
     strategy = trainer.strategy
-    sizes = strategy.all_gather(torch.tensor([len(index)], device=index.device)).flatten()
+    sizes = strategy.all_gather(torch.tensor([rows.shape[1]], device=rows.device)).flatten()
     longest = int(sizes.max())
-    padded = torch.zeros(2, longest, dtype=torch.float64, device=index.device)
-    padded[0, : len(index)], padded[1, : len(grad)] = index.double(), grad.double()  # one collective for both
-    gathered = strategy.all_gather(padded)  # [world, 2, longest]
-    keep = torch.arange(longest, device=index.device) < sizes.unsqueeze(1)
-    return gathered[:, 0][keep].long(), gathered[:, 1][keep].to(grad.dtype)
+    padded = torch.zeros(rows.shape[0], longest, dtype=rows.dtype, device=rows.device)
+    padded[:, : rows.shape[1]] = rows
+    gathered = strategy.all_gather(padded)  # [world, C, longest]
+    keep = torch.arange(longest, device=rows.device) < sizes.unsqueeze(1)  # [world, longest]
+    return gathered.transpose(0, 1)[:, keep]
+
+
+def check_finite(values: Tensor, when: str, rule: UpdateRule) -> Tensor:
+    """``values`` if all are finite; else an error that names the likely cause."""
+    bad = int((~torch.isfinite(values)).sum())
+    if not bad:
+        return values
+    if rule.name == "balanced":
+        cause = (
+            "the weights follow the per-sample losses, so NaN or inf losses reached them: check the training "
+            "inputs for NaN or inf and whether the network itself diverges (its learning rate)"
+        )
+    else:
+        cause = (
+            "this objective trains the network on L_w * S**k, which multiplies the network's learning rate by "
+            "a factor that changes every batch and grows with the features' scale, so with SGD or unscaled "
+            "inputs the network and then the weights diverge; use objective='default' (the network trains on "
+            "its own loss), standardise the inputs, or use Adam; also check the inputs for NaN or inf"
+        )
+    raise FloatingPointError(f"{bad} of {values.numel()} LossVal weights are NaN or inf ({when}): {cause}")

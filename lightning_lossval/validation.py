@@ -1,18 +1,37 @@
-"""Turning ``val_data`` into the validation side's features (and targets), with the module's own hooks."""
+"""Turning ``val_data`` (or the fit's validation loaders) into the validation side's features and targets.
+
+Where the validation set comes from, first match wins:
+
+1. ``LossValCallback(val_data=...)``;
+2. the loaders the fit validates on: ``trainer.fit(model, train_dataloaders=..., val_dataloaders=...)``,
+   the DataModule's ``val_dataloader()``, or the LightningModule's own ``val_dataloader()``.
+
+Several loaders (a list or dict of them, or a ``CombinedLoader``) are one validation set, their
+rows concatenated in order: LossVal compares the training data with everything it validates on.
+To compare with one of them only, pass that one as ``val_data``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
-from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.utilities.model_helpers import is_overridden
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_lossval.errors import DataError
+
+MIN_VALIDATION_ROWS = 2  # the transport distance to a single point ranks samples by their distance to it, no more
+VALIDATION_HELP = (
+    "pass LossValCallback(val_data=...) (a [V, D] feature tensor, an (inputs, targets) tuple or list of tensors, a "
+    "Dataset or a DataLoader), give fit validation loaders (trainer.fit(model, train_dataloaders=..., "
+    "val_dataloaders=...)), or define val_dataloader() on your DataModule or LightningModule"
+)
 
 
 @contextlib.contextmanager
@@ -26,8 +45,59 @@ def eval_mode(module: LightningModule):
         module.train(was_training)
 
 
+def fit_validation(trainer: Trainer) -> tuple[Any, str]:
+    """The loader(s) the running fit validates on and where they come from, in words.
+
+    Lightning keeps them in the fit loop's validation source: the ``val_dataloaders`` given to
+    ``fit``, else the DataModule, else the LightningModule (whose ``val_dataloader`` hooks it calls).
+    """
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    if source.instance is None or not source.is_defined():
+        raise DataError(f"LossValCallback needs a validation set and this fit has none: {VALIDATION_HELP}")
+    if isinstance(source.instance, (LightningModule, LightningDataModule)):
+        origin = f"{type(source.instance).__name__}.val_dataloader()"
+    else:
+        origin = "the val_dataloaders given to trainer.fit"
+    return source.dataloader(), origin
+
+
+def validation_parts(data: Any, origin: str = "val_data") -> list[Tensor | Iterable]:
+    """``data`` as a list of parts, each a feature tensor or an iterable of batches; their rows concatenated
+    are the validation set.
+
+    A tuple or list of tensors is ``(inputs, targets[, ...])`` with one row per sample; any other tuple or
+    list, a dict's values and a ``CombinedLoader``'s loaders are several parts.
+    """
+    if isinstance(data, Tensor):
+        return [data]
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
+        rows = [len(t) if t.dim() else 0 for t in data]
+        if len(set(rows)) > 1:
+            raise DataError(
+                f"{origin} holds {len(data)} tensors with {rows} rows; as (inputs, targets) every tensor needs one row "
+                "per validation sample"
+            )
+        return [DataLoader(TensorDataset(*data), batch_size=1024)]
+    if isinstance(data, CombinedLoader):
+        data = data.flattened
+    elif isinstance(data, Mapping):
+        data = list(data.values())
+    if isinstance(data, (tuple, list)):
+        if any(isinstance(t, Tensor) for t in data):
+            raise DataError(
+                f"{origin} holds tensors among {[type(t).__name__ for t in data]}: tensors go in alone, as one [V, D] "
+                "feature tensor or an (inputs, targets) tuple or list; wrap the others in a Dataset or DataLoader"
+            )
+        return [part for item in data for part in validation_parts(item, origin)]
+    if isinstance(data, Dataset):
+        return [DataLoader(data, batch_size=1024)]
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
+        return [data]
+    raise DataError(f"{origin} of type {type(data).__name__} cannot be read as a validation set: {VALIDATION_HELP}")
+
+
 def validation_data(
-    val_data: Tensor | Dataset | DataLoader | tuple | None,
+    val_data: Tensor | Dataset | DataLoader | tuple | list | None,
     trainer: Trainer,
     pl_module: LightningModule,
     with_labels: bool,
@@ -35,54 +105,73 @@ def validation_data(
     """The validation features ``[V, D]`` (float32, on the module's device) and, when ``with_labels``
     (label-aware transport), their targets.
 
-    ``val_data`` is a feature tensor, an ``(inputs, targets)`` tuple of tensors, a ``Dataset`` or a
-    ``DataLoader`` whose batches go through the module's ``lossval_features`` (and
-    ``lossval_targets``), or ``None`` for the DataModule's ``val_dataloader``.
+    ``val_data`` is a feature tensor, an ``(inputs, targets)`` tuple or list of tensors, a ``Dataset``
+    or a ``DataLoader`` (or a list of them) whose batches go through the module's
+    ``lossval_features`` (and ``lossval_targets``), or ``None`` for the loaders the fit validates on
+    (see the module docstring). At least :data:`MIN_VALIDATION_ROWS` rows.
     """
-    data: Any = val_data
-    if data is None:
-        datamodule = trainer.datamodule
-        if datamodule is None or not is_overridden("val_dataloader", datamodule):
-            raise DataError(
-                "LossValCallback needs validation data: pass val_data=... or use a DataModule with a val_dataloader"
-            )
-        data = datamodule.val_dataloader()
-    if isinstance(data, tuple) and all(isinstance(t, Tensor) for t in data):
-        data = TensorDataset(*data)
-    if isinstance(data, Tensor) and pl_module.lossval_refresh_validation:
+    data, origin = fit_validation(trainer) if val_data is None else (val_data, "val_data")
+    parts = validation_parts(data, origin)
+    if pl_module.lossval_refresh_validation and any(isinstance(p, Tensor) for p in parts):
         raise DataError(
             f"{type(pl_module).__name__} computes its LossVal features with the network "
             "(lossval_refresh_validation), so val_data must hold inputs, not features: pass an (inputs, targets) "
             "tuple, a Dataset or a DataLoader"
         )
-    labels = None
-    if isinstance(data, Tensor):
-        features = data
-    else:
-        loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=1024)
-        parts, targets = [], []
-        with eval_mode(pl_module), torch.no_grad():  # features from the network: no BatchNorm updates
-            for batch in loader:
+    features: list[Tensor] = []
+    targets: list[Tensor | None] = []
+    with eval_mode(pl_module), torch.no_grad():  # features from the network: no BatchNorm updates
+        for part in parts:
+            if isinstance(part, Tensor):
+                features.append(_rows(part))
+                targets.append(None)
+                continue
+            for batch in part:
                 batch = move_data_to_device(batch, pl_module.device)
-                parts.append(pl_module.lossval_features(batch))
-                if with_labels:
-                    targets.append(pl_module.lossval_targets(batch))
-        features = torch.cat(parts) if parts else torch.empty(0)
-        if targets and all(t is not None for t in targets):
-            labels = torch.cat(targets)
-    features = features.detach().to(pl_module.device, torch.float32)
-    if features.shape[0] == 0:
-        raise DataError("the validation set for LossVal is empty; pass val_data with at least one sample")
-    features = features.reshape(features.shape[0], -1)
-    bad = (~torch.isfinite(features)).any(dim=1).nonzero().flatten()
+                features.append(_rows(pl_module.lossval_features(batch)))
+                targets.append(pl_module.lossval_targets(batch) if with_labels else None)
+    return _checked(features, targets, with_labels, origin, pl_module.device)
+
+
+def _rows(features: Tensor) -> Tensor:
+    """``features`` as ``[rows, D]``: a ``[V]`` tensor is one feature per row, ``[V, ...]`` is flattened per row."""
+    return features.flatten(1) if features.dim() > 1 else features.reshape(-1, 1)
+
+
+def _checked(
+    features: list[Tensor], targets: list[Tensor | None], with_labels: bool, origin: str, device: torch.device
+) -> tuple[Tensor, Tensor | None]:
+    """The parts' rows concatenated, refused when too few, not finite, or without the targets ``with_labels`` needs."""
+    rows = sum(f.shape[0] for f in features)
+    if rows == 0:
+        raise DataError(
+            f"the validation set for LossVal ({origin}) is empty; give it at least {MIN_VALIDATION_ROWS} samples"
+        )
+    if rows < MIN_VALIDATION_ROWS:
+        raise DataError(
+            f"the validation set for LossVal ({origin}) has {rows} row, but LossVal needs at least "
+            f"{MIN_VALIDATION_ROWS}: the transport distance to a single point only says how far each training sample "
+            "is from it, not how well it fits the validation distribution; give it more validation samples (a few "
+            "hundred are typical)"
+        )
+    widths = sorted({f.shape[1] for f in features})
+    if len(widths) > 1:
+        raise DataError(
+            f"the validation features of {origin} have different widths {widths} across batches or loaders; give "
+            "every validation sample the same number of features"
+        )
+    joined = torch.cat([f.detach().to(device, torch.float32) for f in features])
+    bad = (~torch.isfinite(joined)).any(dim=1).nonzero().flatten()
     if len(bad):
         raise DataError(
             f"{len(bad)} validation rows hold NaN or inf (first rows: {bad[:10].tolist()}); "
             "drop or impute them before training"
         )
-    if with_labels and labels is None:
+    if not with_labels:
+        return joined, None
+    if any(t is None for t in targets):
         raise DataError(
             "the objective's label_weight > 0 compares labels, but the validation data has no targets: pass "
             "val_data=(inputs, targets), a Dataset/DataLoader of (input, target) batches, or set label_weight=0"
         )
-    return features, labels
+    return joined, torch.cat(targets)

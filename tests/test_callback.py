@@ -47,11 +47,12 @@ def test_flipped_labels_get_low_values(tmp_path):
 def test_weights_get_their_own_param_group(tmp_path):
     trainer, model, cb = fit(tmp_path, epochs=1, callback=LossValCallback(lr=0.03, objective="paper"))
     groups = trainer.optimizers[0].param_groups
-    owners = [g for g in groups if any(p is model.lossval_weights for p in g["params"])]
+    weights = cb._store.weights  # the module's parameter during fit, taken off again at its end
+    owners = [g for g in groups if any(p is weights for p in g["params"])]
     assert len(owners) == 1 and owners[0]["name"] == GROUP_NAME
-    assert owners[0]["params"] == [model.lossval_weights]
+    assert owners[0]["params"] == [weights]
     assert owners[0]["lr"] == 0.03 and owners[0]["weight_decay"] == 0.0
-    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters())) + 1
 
 
 @pytest.mark.parametrize("scheduler", ["lambda", "onecycle", "step", "plateau"])
@@ -74,7 +75,8 @@ def test_values_file_and_tensorboard(tmp_path, capsys):
     assert cb.values_path.parent == Path(logger.log_dir)
     with open(cb.values_path) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["rank", "index", "noisy", "value"]
+    assert list(rows[0]) == ["rank", "index", "noisy", "visits", "value"]
+    assert {r["visits"] for r in rows} == {"2"}  # two epochs over every row
     assert [int(r["rank"]) for r in rows] == list(range(1, 401))
     assert sorted(int(r["index"]) for r in rows) == list(range(400))
     file_values = torch.tensor([float(r["value"]) for r in rows])
@@ -118,12 +120,14 @@ def test_values_file_and_tensorboard(tmp_path, capsys):
     assert image.width > 500 and image.height > 200
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("objective", ["default", "paper"], ids=["sparse", "dense"])
+def test_resume_equals_uninterrupted_run(tmp_path, objective):
     def run(epochs, root, ckpt_path=None):
         checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
         return fit(
             root,
             epochs=epochs,
+            callback=LossValCallback(objective=objective),
             deterministic=True,
             enable_checkpointing=True,
             callbacks=[checkpoint],
@@ -138,6 +142,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert trainer.current_epoch == 4
     assert (cb_straight.values - 1).abs().max() > 0.05  # the weights did move
     assert (cb_straight.values - cb_resumed.values).abs().max().item() <= 1e-6
+    assert torch.equal(cb_resumed.visits, torch.full((400,), 4))  # the visits before the checkpoint count too
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
 
@@ -184,7 +189,9 @@ def test_indexed_data_without_the_callback_warns(tmp_path):
 def test_plain_training_and_inference_without_the_callback(tmp_path):
     _, model, _ = fit(tmp_path, epochs=1, enable_checkpointing=True, callback=LossValCallback(objective="paper"))
     checkpoint = next((tmp_path / "checkpoints").glob("*.ckpt"))
-    assert "lossval_weights" in torch.load(checkpoint, weights_only=False)["state_dict"]
+    saved = torch.load(checkpoint, weights_only=False)
+    assert "lossval_weights" not in saved["state_dict"]  # the values live in the callback's state
+    assert saved["callbacks"]["LossValCallback"]["store"]["weights"].shape == (400,)
     restored = Net.load_from_checkpoint(checkpoint)  # a model for inference, without LossVal weights
     assert "lossval_weights" not in dict(restored.named_parameters())
     assert torch.equal(restored.net[0].weight, model.net[0].weight)
