@@ -1,27 +1,62 @@
 """The ``lossval`` command: LightningCLI with LossValCallback under its own ``lossval:`` key.
 
     lossval fit --config configs/default.yaml
-    lossval fit --config configs/csv.yaml --data.train_csv train.csv --data.target label
+    lossval fit --config csv.yaml --data.train_csv train.csv --data.target label
     lossval fit --config configs/default.yaml --print_config
+    lossval configs                      # the shipped configs; lossval configs --write DIR copies them
 
 The DataModule is wrapped in ``IndexedDataModule`` automatically and the callback counts the
 training samples itself. A ``LossValCallback`` listed under ``trainer.callbacks`` replaces the
 ``lossval:`` key (setting both is refused). Bad data ends with ``lossval: error: ...`` and
 exit status 2.
+
+Your own model takes the data's sizes as init parameters: the CLI fills ``num_features``
+(``num_inputs``), ``num_classes``, ``num_outputs`` and ``task`` from the DataModule's attributes
+of those names (TabularDataModule has them all; ``num_classes`` is None for regression), like
+LightningCLI's ``link_arguments(..., apply_on="instantiate")``: the DataModule is built (and
+``prepare()``-d, if it has that method) first, and the values become the model's hyperparameters.
+A value your config gives is kept, one that differs from the data's is refused.
 """
 
 from __future__ import annotations
 
+import argparse
+import inspect
+import shutil
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import _InstantiatorFn as LightningInstantiator  # records the model's hparams
 
 from lightning_lossval.callback import LossValCallback
 from lightning_lossval.data import IndexedDataModule
 from lightning_lossval.errors import ConfigError, LossValError
+
+# model init parameter -> the DataModule attribute the CLI fills it from
+DATA_SIZES = {
+    "num_features": "num_features",
+    "num_inputs": "num_features",  # the bundled MLP's and CNN's name
+    "num_classes": "num_classes",
+    "num_outputs": "num_outputs",
+    "task": "task",
+}
+
+
+def data_size(attribute: str) -> Callable[[Any], Any]:
+    """A link's compute function: ``datamodule.<attribute>`` after its ``prepare()``, None if it has none."""
+
+    def read(datamodule: Any) -> Any:
+        if callable(getattr(datamodule, "prepare", None)):
+            datamodule.prepare()  # TabularDataModule reads its data here, once; its setup() then does nothing
+        return getattr(datamodule, attribute, None)
+
+    read.__name__ = attribute  # --help shows "num_features(data) --> model.init_args.num_inputs"
+    return read
 
 
 class LossValCLI(LightningCLI):
@@ -31,14 +66,64 @@ class LossValCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        kwargs.setdefault("parser_kwargs", {"description": "Value every training sample with LossVal."})
+        description = "Value every training sample with LossVal. The shipped configs: lossval configs."
+        kwargs.setdefault("parser_kwargs", {"description": description})
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(LossValCallback, "lossval")
+        for parameter, attribute in DATA_SIZES.items():  # a model without the parameter ignores its link
+            target = f"model.init_args.{parameter}"
+            parser.link_arguments("data", target, compute_fn=data_size(attribute), apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        if self._get(self.config, "lr_scheduler") and not self._get(self.config, "optimizer"):
+            raise ConfigError(  # LightningCLI would drop the scheduler silently
+                "--lr_scheduler needs --optimizer too: the scheduler steps the optimizer the CLI builds "
+                "(e.g. --optimizer Adam --optimizer.lr 0.01)"
+            )
+        # replaces LightningCLI's model instantiator (same key), which _instantiate_model then calls
+        self.parser.add_instantiator(self._instantiate_model, LightningModule, subclasses=True, prepend=True)
+
+    def _instantiate_model(
+        self, class_type: type, *args: Any, applied_instantiation_links: dict, **kwargs: Any
+    ) -> LightningModule:
+        """The model with the data's sizes in the size parameters it takes and its config leaves None."""
+        configured = self._get(self.config, "model").get("init_args") or {}
+        links = {k: v for k, v in applied_instantiation_links.items() if not k.startswith("model.init_args.")}
+        for parameter in [p for p in DATA_SIZES if p in kwargs]:
+            own, data = configured.get(parameter), kwargs[parameter]
+            if own is not None:
+                if data is not None and own != data:
+                    raise ConfigError(
+                        f"model.init_args.{parameter} is {own!r} (from your config or {class_type.__name__}'s "
+                        f"default), but the data has {DATA_SIZES[parameter]} = {data!r}; remove it from the "
+                        "config (or default it to None) and the CLI fills it from the data"
+                    )
+                kwargs[parameter] = own
+            elif data is not None:
+                links[f"model.init_args.{parameter}"] = data
+            elif inspect.signature(class_type).parameters[parameter].default is inspect.Parameter.empty:
+                attribute = DATA_SIZES[parameter]
+                regression = ", as TabularDataModule's for regression" if attribute == "num_classes" else ""
+                raise ConfigError(
+                    f"{class_type.__name__} takes {parameter}, which the DataModule does not provide (its {attribute} "
+                    f"is missing or None{regression}); give --model.init_args.{parameter} VALUE, or set "
+                    f"{attribute} in your DataModule's __init__ or prepare()"
+                )
+        return LightningInstantiator(self, "model")(class_type, *args, applied_instantiation_links=links, **kwargs)
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # LightningCLI builds --optimizer on model.parameters() right away
+            if "empty parameter list" not in str(error):
+                raise
+            raise ConfigError(
+                "--optimizer got a model without parameters: it builds its layers later. The bundled MLP and CNN "
+                "build them at once from num_inputs, num_outputs and task: give those as --model.init_args.NAME, "
+                "or use a DataModule with num_features, num_outputs and task attributes (see lossval --help)"
+            ) from error
         if self.datamodule is not None and not isinstance(self.datamodule, IndexedDataModule):
             self.datamodule = IndexedDataModule(self.datamodule)
 
@@ -55,6 +140,56 @@ class LossValCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def configs_dir() -> Path:
+    """The shipped configs: in the installed package, or the repository's ``configs/`` in a checkout."""
+    package = Path(__file__).parent
+    return package / "configs" if (package / "configs").is_dir() else package.parent / "configs"
+
+
+def shipped_config(path: str) -> str:
+    """``path``, or the shipped config it names when there is no such file (``csv.yaml``, ``configs/csv.yaml``)."""
+    given = Path(path)
+    shipped = configs_dir() / given.name
+    if not given.exists() and str(given.parent) in (".", "configs") and shipped.is_file():
+        return str(shipped)
+    return path
+
+
+def _resolve_configs(args: list[str]) -> list[str]:
+    """``args`` with each ``--config NAME`` (``-c NAME``) that names a shipped config and no file made a path to it."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + shipped_config(arg[len("--config=") :])
+        elif i > 0 and args[i - 1] in ("--config", "-c"):
+            out[i] = shipped_config(arg)
+    return out
+
+
+def configs_command(args: list[str]) -> None:
+    """``lossval configs``: list the shipped configs; ``--write DIR`` copies them into DIR."""
+    parser = argparse.ArgumentParser(prog="lossval configs", description=configs_command.__doc__)
+    parser.add_argument("--write", metavar="DIR", help="copy the shipped configs into DIR (created if needed)")
+    options = parser.parse_args(args)
+    configs = sorted(configs_dir().glob("*.yaml"))
+    if options.write is None:
+        print("Configs shipped with lightning-lossval; run one with lossval fit --config NAME:")
+        for config in configs:
+            summary = config.read_text().splitlines()[0].lstrip("# ")
+            print(f"  {config.name:<18}{summary}")
+        print(f"They are in {configs_dir()}; copy them with lossval configs --write DIR")
+        return
+    target = Path(options.write)
+    existing = [target / c.name for c in configs if (target / c.name).exists()]
+    if existing:
+        names = ", ".join(str(p) for p in existing)
+        raise ConfigError(f"{names} already exist(s); remove them or give another directory to --write")
+    target.mkdir(parents=True, exist_ok=True)
+    for config in configs:
+        shutil.copyfile(config, target / config.name)
+    print(f"wrote {', '.join(c.name for c in configs)} to {target}")
+
+
 def _user_error(error: BaseException | None) -> LossValError | None:
     """The LossValError behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
     while error is not None and not isinstance(error, LossValError):
@@ -64,8 +199,15 @@ def _user_error(error: BaseException | None) -> LossValError | None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lossval`` console script."""
+    given = sys.argv[1:] if args is None else list(args)
     try:
-        LossValCLI(args=args)
+        if given[:1] == ["configs"]:
+            configs_command(given[1:])
+            return
+        resolved = _resolve_configs(given)
+        if args is None:  # LightningCLI reads the command line itself (it warns about args= with one)
+            sys.argv[1:] = resolved
+        LossValCLI(args=None if args is None else resolved)
     except Exception as error:
         user_error = _user_error(error)
         if user_error is None:

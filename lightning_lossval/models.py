@@ -1,8 +1,11 @@
 """Ready LightningModules that fulfil LossValMixin, so tabular data and small images need no code.
 
-Both read their input and output sizes and the task from the DataModule (``num_features``,
-``num_outputs``, ``task``) when the Trainer sets them up, and keep them in their hyperparameters,
-so ``load_from_checkpoint`` rebuilds them without data.
+Both take their input and output sizes and the task as ``num_inputs``, ``num_outputs`` and
+``task``, and build their layers at once; the ``lossval`` command fills them from the DataModule
+(``num_features``, ``num_outputs``, ``task``), so LightningCLI's ``--optimizer`` and
+``--lr_scheduler`` see the parameters. Left None, they are read from the Trainer's DataModule in
+``configure_model``. The sizes are kept in the hyperparameters, so ``load_from_checkpoint``
+rebuilds the network without data.
 """
 
 from __future__ import annotations
@@ -133,11 +136,11 @@ class MLP(TaskModule):
         activation: one of ``relu``, ``tanh``, ``gelu``, ``silu``, ``elu``.
         dropout: dropout after each hidden activation.
         probabilities: classification only: end in a softmax and score probabilities.
-        lr: Adam learning rate of the network.
+        lr: Adam learning rate of the network (the CLI's ``--optimizer`` replaces that Adam).
         lossval_space: where LossVal's transport term compares a batch with the validation set:
             ``"inputs"`` (the feature rows) or ``"embedding"`` (the last hidden layer, recomputed
             for the validation set at every epoch start).
-        task, num_inputs, num_outputs: default to the DataModule's.
+        task, num_inputs, num_outputs: None: the DataModule's ``task``, ``num_features``, ``num_outputs``.
     """
 
     def __init__(

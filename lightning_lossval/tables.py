@@ -1,16 +1,18 @@
-"""CSV tables as stripped strings, their checks and their encodings, for ``TabularDataModule``.
+"""Tables as stripped strings, their checks and their encodings, for ``TabularDataModule``.
 
-Read with the standard library's ``csv`` module. Every problem is a
-:class:`~lightning_lossval.errors.DataError` that names the file, line and column and says what to
-do. Cells are stripped of surrounding spaces; blank lines are skipped, as pandas does, so ``row``
-numbers match a ``pandas.read_csv`` index while messages give the file's line numbers.
+A table comes from a CSV file (the standard library's ``csv`` module), a Parquet file (pyarrow)
+or a pandas DataFrame, and is checked and encoded the same way whatever its source. Every problem
+is a :class:`~lightning_lossval.errors.DataError` that names the source, line (CSV) or row
+(Parquet, DataFrame) and column and says what to do. Cells are stripped of surrounding spaces;
+blank CSV lines are skipped, as pandas does, so ``row`` numbers match a ``pandas.read_csv`` index
+(and a DataFrame's or Parquet file's positions) while CSV messages give the file's line numbers.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -18,17 +20,26 @@ from torch import Tensor
 from lightning_lossval.errors import DataError
 
 MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none"})
-MAX_LINES_SHOWN = 10
+MAX_SHOWN = 10  # names, values or lines listed in a message before "... and K more"
+PARQUET_SUFFIXES = (".parquet", ".pq")
+# a detected categorical column with more distinct values than this and than half its rows looks like an id
+# or free text (one-hot encoding it would add a feature per row)
+MAX_AUTO_CATEGORIES = 20
 
 
 class Table(NamedTuple):
-    """Data rows of one file as stripped strings, each with its file line and data row number."""
+    """Data rows of one source as stripped strings, each with its place for messages and its data row number."""
 
-    source: str  # path or builtin name, for messages
+    source: str  # path, builtin name or "the training DataFrame", for messages
     header: list[str]
     rows: list[list[str]]
-    lines: list[int]  # 1-based file line of each row (header = line 1)
+    lines: list[int]  # each row's place: 1-based file line (CSV, header = line 1), else its row number
     numbers: list[int]  # 0-based data row number of each row
+    unit: str = "line"  # what ``lines`` count: "line" (CSV) or "row" (Parquet, DataFrame)
+
+    def at(self, line: int) -> str:
+        """Where a row is, for messages: "line 7 of train.csv" or "row 5 of the training DataFrame"."""
+        return f"{self.unit} {line} of {self.source}"
 
     def column(self, name: str) -> list[str]:
         i = self.header.index(name)
@@ -41,7 +52,19 @@ class Table(NamedTuple):
             [self.rows[i] for i in keep],
             [self.lines[i] for i in keep],
             [self.numbers[i] for i in keep],
+            self.unit,
         )
+
+
+def listing(items: list, limit: int = MAX_SHOWN, quote: bool = True) -> str:
+    """``'a', 'b', 'c'``; past ``limit`` items the first ``limit`` then ``... and K more``."""
+    shown = ", ".join(repr(i) if quote else str(i) for i in items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def read_table(path: str) -> Table:
+    """A CSV file, or a Parquet file by its suffix (``.parquet``, ``.pq``)."""
+    return read_parquet(path) if path.lower().endswith(PARQUET_SUFFIXES) else read_csv(path)
 
 
 def read_csv(path: str) -> Table:
@@ -82,12 +105,63 @@ def read_csv(path: str) -> Table:
     return Table(path, header, rows, lines, list(range(len(rows))))
 
 
+def read_parquet(path: str) -> Table:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f'reading {path} needs pyarrow, which is not installed: pip install "lightning-lossval[parquet]"'
+        ) from None
+    try:
+        columns = pq.read_table(path).to_pydict()
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist; check the path given as --data.train_csv / --data.val_csv") from None
+    except Exception as e:  # pyarrow's ArrowInvalid and kin: not a Parquet file
+        raise DataError(
+            f"cannot read {path} as Parquet ({e}); give a Parquet file, or a CSV without that suffix"
+        ) from None
+    return _from_columns(path, columns)
+
+
+def read_frame(frame: Any, source: str) -> Table:
+    """A pandas DataFrame as a table; ``row`` numbers are positions (``frame.iloc[row]``)."""
+    if not (hasattr(frame, "columns") and hasattr(frame, "to_dict")):
+        raise DataError(
+            f"{source} must be a pandas DataFrame, got {type(frame).__name__}; give a file path with "
+            "--data.train_csv / --data.val_csv instead"
+        )
+    import pandas as pd  # a DataFrame was given, so pandas is installed
+
+    header = [str(name) for name in frame.columns]
+    check_header(header, source)  # before to_dict, which would keep one of two equal names
+    values = frame.to_dict("list").values()
+    return _from_columns(source, dict(zip(header, ([None if pd.isna(v) else v for v in c] for c in values))))
+
+
+def _from_columns(source: str, columns: dict[Any, list]) -> Table:
+    """Column lists of Python values (None or NaN where missing) as a table of stripped strings."""
+    header = [str(name) for name in columns]
+    if not header:
+        raise DataError(f"{source} has no columns: expected named columns and data rows")
+    check_header(header, source)
+    cells = [["" if _missing(v) else str(v).strip() for v in values] for values in columns.values()]
+    rows = [list(row) for row in zip(*cells)]
+    if not rows:
+        raise DataError(f"{source} has columns but no data rows")
+    numbers = list(range(len(rows)))
+    return Table(source, header, rows, numbers, numbers, unit="row")
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def check_header(header: list[str], source: str) -> None:
     if "" in header:
         raise DataError(f"column {header.index('') + 1} of the header of {source} has no name; name it or remove it")
     duplicated = sorted({c for c in header if header.count(c) > 1})
     if duplicated:
-        raise DataError(f"{source} has more than one column named {', '.join(map(repr, duplicated))}; rename them")
+        raise DataError(f"{source} has more than one column named {listing(duplicated)}; rename them")
 
 
 def load_builtin(name: str) -> Table:
@@ -111,11 +185,11 @@ def same_columns(val: Table, train: Table) -> Table:
     if lacking or extra:
         problems = []
         if lacking:
-            problems.append(f"lacks {', '.join(map(repr, lacking))}")
+            problems.append(f"lacks {listing(lacking)}")
         if extra:
-            problems.append(f"has extra {', '.join(map(repr, extra))}")
+            problems.append(f"has extra {listing(extra)}")
         raise DataError(
-            f"the validation file {val.source} must have the same columns as {train.source}, but it "
+            f"the validation data ({val.source}) must have the same columns as {train.source}, but it "
             f"{' and '.join(problems)}; add or remove those columns"
         )
     order = [val.header.index(c) for c in train.header]
@@ -129,9 +203,8 @@ def handle_missing(train: Table, val: Table | None, columns: list[str], mode: st
         reports = []
         for table, rows in zip(tables, bad):
             if rows:
-                shown = ", ".join(str(table.lines[i]) for i in rows[:MAX_LINES_SHOWN])
-                more = ", ..." if len(rows) > MAX_LINES_SHOWN else ""
-                reports.append(f"{len(rows)} row(s) of {table.source} (lines {shown}{more})")
+                places = listing([table.lines[i] for i in rows], quote=False)
+                reports.append(f"{len(rows)} row(s) of {table.source} ({table.unit}s {places})")
         raise DataError(
             f"missing values (empty, NA, N/A, NaN, null or none) in feature or target columns: {'; '.join(reports)}. "
             "Fill them in, or drop those rows with --data.missing drop"
@@ -177,6 +250,13 @@ def encode_features(
             is_categorical = column in categorical
         if is_categorical:
             categories = sorted_values(set(values))
+            if categorical is None and len(categories) > max(MAX_AUTO_CATEGORIES, len(values) // 2):
+                raise DataError(
+                    f"column {column!r} of {train.source} looks like an id or free text ({len(categories)} distinct "
+                    f"values in {len(values)} rows, e.g. {listing(categories[:3])}): one-hot encoding would make a "
+                    f"feature of each value. Name it with --data.id_column {column} (copied into values.csv), leave "
+                    f"it out with --data.drop_columns [{column}], or list it under --data.categorical to encode it"
+                )
             index = {c: i for i, c in enumerate(categories)}
             blocks.append(tuple(_one_hot(t.column(column), index) for t in (train, val)))
             names += [f"{column}={c}" for c in categories]
@@ -205,7 +285,7 @@ def parse_numbers(table: Table, column: str, advice: str) -> Tensor:
     numbers = [to_float(v) for v in values]
     for value, number, line in zip(values, numbers, table.lines):
         if number is None:
-            raise DataError(f"line {line} of {table.source}, column {column!r}: {value!r} is not a number; {advice}")
+            raise DataError(f"{table.at(line)}, column {column!r}: {value!r} is not a number; {advice}")
     return torch.tensor(numbers, dtype=torch.float64)
 
 

@@ -1,10 +1,11 @@
-"""TabularDataModule: a CSV file of your own (or a scikit-learn toy dataset) as LossVal training data.
+"""TabularDataModule: a table of your own (CSV, Parquet, a pandas DataFrame, or a scikit-learn toy
+dataset) as LossVal training data.
 
 Everything is read, checked and encoded once, in :meth:`TabularDataModule.prepare` (called by
-``setup``), with the standard library's ``csv`` module. Every problem in the data is a
-:class:`~lightning_lossval.errors.DataError` that names the file, line and column and says what
-to do. Cells are stripped of surrounding spaces; blank lines are skipped, as pandas does, so
-``row`` numbers match a ``pandas.read_csv`` index while messages give the file's line numbers.
+``setup``), the same way whatever the source (see :mod:`lightning_lossval.tables`). Every problem
+in the data is a :class:`~lightning_lossval.errors.DataError` that names the file, line (or row)
+and column and says what to do. ``row`` numbers match a ``pandas.read_csv`` index, a DataFrame's
+positions (``df.iloc[row]``) and a Parquet file's rows.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from lightning_lossval.tables import (
     Table,
     encode_features,
     handle_missing,
+    listing,
     load_builtin,
     mean_std,
     parse_numbers,
-    read_csv,
+    read_frame,
+    read_table,
     same_columns,
     sorted_values,
     split_rows,
@@ -39,7 +42,7 @@ MAX_AUTO_CLASSES = 20  # task="auto": integer targets with at most this many val
 
 
 class TabularDataModule(LightningDataModule):
-    """Training and validation data from a CSV with a header line, for classification or regression.
+    """Training and validation data from a table, for classification or regression.
 
     Numeric features are standardised with the training mean and std, categorical ones one-hot
     encoded with the training categories; a regression target is standardised too (see
@@ -50,18 +53,27 @@ class TabularDataModule(LightningDataModule):
         dm.prepare()  # optional: setup() does it; afterwards dm.num_features, dm.num_outputs are known
         Trainer(callbacks=[LossValCallback()]).fit(model, IndexedDataModule(dm))
 
+        dm = TabularDataModule(train_df=houses, val_df=trusted, target="price")  # pandas DataFrames
+
     Args:
-        train_csv: path of the training CSV (comma separated, header line first).
+        train_csv: path of the training table: a CSV (comma separated, header line first), or a
+            Parquet file when it ends in ``.parquet`` or ``.pq`` (needs pyarrow:
+            ``pip install "lightning-lossval[parquet]"``).
         target: name of the target column.
-        val_csv: validation CSV with the same columns; None splits ``val_fraction`` of the
-            training rows off, drawn with ``seed``.
-        val_fraction: share of training rows used for validation when there is no ``val_csv``.
+        val_csv: validation table (CSV or Parquet) with the same columns; None (and no ``val_df``)
+            splits ``val_fraction`` of the training rows off, drawn with ``seed``.
+        val_fraction: share of training rows used for validation when there is no validation table.
         builtin: instead of ``train_csv``, a scikit-learn dataset: ``digits``, ``breast_cancer``,
             ``wine``, ``iris`` or ``diabetes`` (regression); its target column is ``target``.
+        train_df, val_df: instead of ``train_csv`` / ``val_csv``, pandas DataFrames (Python only;
+            not saved in the hyperparameters). Missing cells (None, NaN, NA) count as missing
+            values; ``row`` numbers are positions, ``df.iloc[row]``.
         task: ``auto``, ``classification`` or ``regression``. ``auto`` picks classification for
             non-numeric targets and for integer targets with at most 20 distinct values.
         categorical: columns to one-hot encode; None treats a column as numeric when more than
-            half of its training values are numbers, else as categorical.
+            half of its training values are numbers, else as categorical, and refuses a
+            categorical column that looks like an id (more than 20 distinct values, and more than
+            half of its rows): name it as ``id_column``, drop it, or list it here.
         id_column: a column naming each row; not a feature, reported by :meth:`row_columns`.
         drop_columns: columns to ignore.
         missing: ``error`` or ``drop`` for rows with an empty, NA, NaN, null or none feature/target.
@@ -79,6 +91,8 @@ class TabularDataModule(LightningDataModule):
         val_csv: str | None = None,
         val_fraction: float = 0.1,
         builtin: str | None = None,
+        train_df: Any = None,
+        val_df: Any = None,
         task: str = "auto",
         categorical: list[str] | None = None,
         id_column: str | None = None,
@@ -91,13 +105,19 @@ class TabularDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        if (train_csv is None) == (builtin is None):
+        self.save_hyperparameters(ignore=["train_df", "val_df"])
+        self._frames = (train_df, val_df)
+        sources = {"train_csv": train_csv, "train_df": train_df, "builtin": builtin}
+        given = [name for name, value in sources.items() if value is not None]
+        if not given:
             raise DataError(
-                "give exactly one data source: --data.train_csv PATH for your own CSV or --data.builtin NAME "
-                f"for a scikit-learn dataset ({', '.join(BUILTINS)}), got "
-                + ("both" if train_csv is not None else "neither")
+                "no training data given: set --data.train_csv PATH (your CSV or Parquet file; configs/csv.yaml "
+                f"leaves it empty), or --data.builtin NAME for a scikit-learn dataset ({', '.join(BUILTINS)})"
             )
+        if len(given) > 1:
+            raise DataError(f"give exactly one training data source, got {' and '.join(given)}; remove the others")
+        if val_csv is not None and val_df is not None:
+            raise DataError("give one validation source, val_csv or val_df, not both")
         if builtin is not None and builtin not in BUILTINS:
             raise DataError(f"unknown builtin dataset {builtin!r}; --data.builtin must be one of {', '.join(BUILTINS)}")
         choices = (("task", task, TASKS), ("missing", missing, MISSING_MODES), ("noise", noise, NOISE_KINDS))
@@ -108,7 +128,7 @@ class TabularDataModule(LightningDataModule):
             raise DataError(
                 f"--data.noise_rate is the fraction of training rows to corrupt, within [0, 1]; got {noise_rate}"
             )
-        if val_csv is None and not 0.0 < val_fraction < 1.0:
+        if val_csv is None and val_df is None and not 0.0 < val_fraction < 1.0:
             raise DataError(
                 f"--data.val_fraction must be strictly between 0 and 1, got {val_fraction}; "
                 "or give a validation file with --data.val_csv"
@@ -116,7 +136,8 @@ class TabularDataModule(LightningDataModule):
         self.train_set: TensorDataset | None = None
         self.val_set: TensorDataset | None = None
         self.num_features: int | None = None
-        self.num_outputs: int | None = None
+        self.num_outputs: int | None = None  # output units: the number of classes, or 1 for regression
+        self.num_classes: int | None = None  # None for regression
         self.task: str | None = None  # resolved by prepare(): "classification" or "regression"
         self.classes: list[str] | None = None
         self.feature_names: list[str] | None = None
@@ -130,11 +151,17 @@ class TabularDataModule(LightningDataModule):
         if self.train_set is not None:
             return
         hp = self.hparams
-        train = read_csv(hp.train_csv) if hp.builtin is None else load_builtin(hp.builtin)
+        train_df, val_df = self._frames
+        if hp.builtin is not None:
+            train = load_builtin(hp.builtin)
+        else:
+            train = read_table(hp.train_csv) if train_df is None else read_frame(train_df, "the training DataFrame")
         features = self._feature_columns(train)
         val = None
         if hp.val_csv is not None:
-            val = same_columns(read_csv(hp.val_csv), train)
+            val = same_columns(read_table(hp.val_csv), train)
+        elif val_df is not None:
+            val = same_columns(read_frame(val_df, "the validation DataFrame"), train)
 
         train, val = handle_missing(train, val, [*features, hp.target], hp.missing)
         if val is None:
@@ -159,11 +186,13 @@ class TabularDataModule(LightningDataModule):
         self.val_set = TensorDataset(x_val, y_val)
         self.num_features = x_train.shape[1]
         self.num_outputs = num_classes or 1
+        self.num_classes = num_classes
 
     def row_columns(self) -> dict[str, list]:
         """Per training sample (aligned with ``train_set``): ``row``, ``id`` (with ``id_column``), ``target``.
 
-        ``row`` is the 0-based data row in the training file (line ``row + 2`` without blank lines),
+        ``row`` is the 0-based data row of the training table (CSV: line ``row + 2`` without blank
+        lines; DataFrame: ``df.iloc[row]``),
         ``target`` the target trained on (after noise): a class name, or a value in original units.
         """
         self._check_prepared()
@@ -200,7 +229,7 @@ class TabularDataModule(LightningDataModule):
 
     def _feature_columns(self, train: Table) -> list[str]:
         hp = self.hparams
-        available = ", ".join(repr(c) for c in train.header)
+        available = listing(train.header)
         if hp.target not in train.header:
             raise DataError(
                 f"{train.source} has no target column {hp.target!r}; its columns are {available}. "
@@ -214,7 +243,7 @@ class TabularDataModule(LightningDataModule):
             unknown = [n for n in names if n not in train.header]
             if unknown:
                 raise DataError(
-                    f"data.{option} names {', '.join(repr(n) for n in unknown)}, which {train.source} does not have; "
+                    f"data.{option} names {listing(unknown)}, which {train.source} does not have; "
                     f"its columns are {available}"
                 )
             if hp.target in names:
@@ -226,7 +255,7 @@ class TabularDataModule(LightningDataModule):
         not_features = [c for c in hp.categorical or [] if c not in features]
         if not_features:
             raise DataError(
-                f"data.categorical lists {', '.join(repr(c) for c in not_features)}, which is the id column or "
+                f"data.categorical lists {listing(not_features)}, which is the id column or "
                 "dropped; remove it from data.categorical"
             )
         return features
@@ -262,7 +291,7 @@ class TabularDataModule(LightningDataModule):
         for value, line in zip(val.column(name), val.lines):
             if value not in index:
                 raise DataError(
-                    f"line {line} of {val.source}: target {value!r} is not one of the training classes "
-                    f"{self.classes}; remove such validation rows or add training rows of that class"
+                    f"{val.at(line)}: target {value!r} is not one of the {len(self.classes)} training classes "
+                    f"({listing(self.classes)}); remove such validation rows or add training rows of that class"
                 )
         return tuple(torch.tensor([index[v] for v in t.column(name)], dtype=torch.long) for t in (train, val))

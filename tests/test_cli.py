@@ -13,11 +13,12 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc
 
-from lightning_lossval import LossValCallback
-from lightning_lossval.cli import LossValCLI, main
+from lightning_lossval import LossValCallback, cli
+from lightning_lossval.cli import LossValCLI, configs_dir, main, shipped_config
 from lightning_lossval.models import MLP
 
 CONFIGS = Path(__file__).parent.parent / "configs"
+EXAMPLES = Path(__file__).parent.parent / "examples"
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
@@ -35,7 +36,16 @@ def read_values(log_dir):
 def test_default_job_leaves_values_and_a_tensorboard_to_look_at(tmp_path, capsys):
     log_dir = run(tmp_path, "default.yaml", "--trainer.max_epochs", "2")
     rows = read_values(log_dir)
-    assert len(rows) == 1617 and list(rows[0]) == ["rank", "index", "row", "target", "prediction", "noisy", "value"]
+    assert len(rows) == 1617 and list(rows[0]) == [
+        "rank",
+        "index",
+        "row",
+        "target",
+        "prediction",
+        "noisy",
+        "visits",
+        "value",
+    ]
     printed = capsys.readouterr().out
     assert "lowest-valued of 1617 training samples" in printed and "F1 (2-means)" in printed
 
@@ -123,6 +133,7 @@ def test_own_csv_with_categorical_and_id_columns_maps_values_back(tmp_path):
         ("other columns", "validation"),
         ("unparsable", "'abc' is not a number"),
         ("empty file", "empty"),
+        ("id not declared", "column 'id' of"),
     ],
 )
 def test_bad_csv_gets_a_clear_message_and_exit_status_2(tmp_path, capsys, case, message):
@@ -140,12 +151,23 @@ def test_bad_csv_gets_a_clear_message_and_exit_status_2(tmp_path, capsys, case, 
     write_csv(tmp_path / "val.csv", val_header, val)
     if case == "empty file":
         (tmp_path / "train.csv").write_text("")
+    declared = [] if case == "id not declared" else ["--data.id_column", "id"]
     with pytest.raises(SystemExit) as exit_info:
-        run_csv(tmp_path, target, "--trainer.max_epochs", "1")
+        run_csv(tmp_path, target, "--trainer.max_epochs", "1", *declared)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("lossval: error: ") and message.lower() in err.lower(), err
     assert "Traceback" not in err
+    if case == "id not declared":  # the fixes, named
+        assert "--data.id_column id" in err and "--data.drop_columns [id]" in err
+
+
+def test_csv_config_without_data_says_which_option_to_set(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "csv.yaml")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lossval: error: no training data given: set --data.train_csv PATH"), err
 
 
 def test_bad_option_value_raised_while_instantiating(tmp_path, capsys):
@@ -214,3 +236,154 @@ def test_callback_listed_under_trainer_callbacks(tmp_path, capsys):
     with pytest.raises(SystemExit):  # options under lossval: too would be ambiguous
         main([*args, "--lossval.lr", "0.05"])
     assert "configured twice" in capsys.readouterr().err
+
+
+def test_own_model_gets_the_data_sizes_as_init_args(tmp_path, monkeypatch):
+    """examples/own_model.py: a module on sys.path whose __init__ takes num_features and num_classes."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    own = ["--model", "own_model.Classifier", "--data.builtin", "wine", "--data.noise_rate", "0.1"]
+    cli_run = LossValCLI(args=["fit", "--config", str(CONFIGS / "default.yaml"), *own, *one_epoch(tmp_path), *QUIET])
+    model = cli_run.model
+    assert type(model).__name__ == "Classifier" and cli_run.trainer.state.finished
+    assert (model.hparams.num_features, model.hparams.num_classes) == (13, 3)
+    assert {"num_outputs", "task", "num_inputs"}.isdisjoint(model.hparams)  # only the sizes it takes
+    (log_dir,) = (tmp_path / "lightning_logs").iterdir()
+    rows = read_values(log_dir)
+    assert len(rows) == len(cli_run.datamodule.train_set) and {r["prediction"] for r in rows} <= {"0", "1", "2"}
+    rebuilt = type(model).load_from_checkpoint(next((log_dir / "checkpoints").glob("*.ckpt")))  # no data needed
+    assert rebuilt(torch.randn(2, 13)).shape == (2, 3)
+
+
+def one_epoch(tmp_path):
+    return ["--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path)]
+
+
+USER_MODULE = """
+import lightning as L
+from torch import nn
+
+
+class Sized(L.LightningModule):
+    def __init__(self, num_features: int, num_classes: int, task: str = "classification"):
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = nn.Linear(num_features, num_classes)
+
+
+class Plain(L.LightningDataModule):
+    \"\"\"A DataModule without size attributes.\"\"\"
+"""
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.builtin", "diabetes"], "Sized takes num_classes, which the DataModule does not provide"),
+        (
+            ["--model.num_classes", "5"],
+            "model.init_args.num_classes is 5 (from your config or Sized's default), but the data has num_classes = 10",
+        ),
+        (["--data.builtin", "diabetes", "--model.num_classes", "1"], "model.init_args.task is 'classification'"),
+        (["--data", "user_module.Plain"], "Sized takes num_features, which the DataModule does not provide"),
+    ],
+)
+def test_sizes_the_data_cannot_give_are_explained(tmp_path, monkeypatch, capsys, args, message):
+    (tmp_path / "user_module.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "default.yaml"),
+                "--model",
+                "user_module.Sized",
+                *args,
+                *one_epoch(tmp_path),
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lossval: error: ") and message in err, err
+
+
+def test_sizes_given_in_the_config_are_kept_where_the_data_has_none(tmp_path, monkeypatch, capsys):
+    (tmp_path / "user_module.py").write_text(USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = ["--model", "user_module.Sized", "--model.num_features", "4", "--model.num_classes", "3"]
+    built = LossValCLI(args=["--data", "user_module.Plain", *model, *one_epoch(tmp_path)], run=False)
+    assert (built.model.net.in_features, built.model.net.out_features) == (4, 3)
+    assert (built.model.hparams.num_features, built.model.hparams.num_classes) == (4, 3)
+
+    # the bundled MLP without sizes builds its layers in configure_model: too late for --optimizer
+    with pytest.raises(SystemExit):
+        main(["fit", "--model", "lightning_lossval.models.MLP", "--data", "user_module.Plain", "--optimizer", "SGD"])
+    assert "--optimizer got a model without parameters" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", ["default.yaml", "digits_cnn.yaml"])
+def test_optimizer_option_trains_the_bundled_models(tmp_path, config):
+    args = [
+        "fit",
+        "--config",
+        str(CONFIGS / config),
+        *one_epoch(tmp_path),
+        "--trainer.limit_train_batches",
+        "3",
+        *QUIET,
+    ]
+    cli_run = LossValCLI(args=[*args, "--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.05"])
+    (optimizer,) = cli_run.trainer.optimizers
+    assert type(optimizer) is torch.optim.SGD and optimizer.param_groups[0]["lr"] == 0.05
+    assert cli_run.trainer.global_step == 3
+    assert optimizer.param_groups[0]["params"] == list(cli_run.model.parameters())
+
+
+def test_lr_scheduler_option_steps_the_learning_rate(tmp_path, capsys):
+    args = ["fit", "--config", str(CONFIGS / "default.yaml"), *one_epoch(tmp_path), "--trainer.max_epochs", "2", *QUIET]
+    options = "--trainer.limit_train_batches 2 --optimizer torch.optim.SGD --optimizer.lr 0.1 "
+    options += "--lr_scheduler torch.optim.lr_scheduler.StepLR --lr_scheduler.step_size 1 --lr_scheduler.gamma 0.5"
+    cli_run = LossValCLI(args=[*args, *options.split()])
+    (config,) = cli_run.trainer.lr_scheduler_configs
+    assert type(config.scheduler) is torch.optim.lr_scheduler.StepLR
+    assert cli_run.trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**2)  # stepped each epoch
+
+    with pytest.raises(SystemExit) as exit_info:  # without --optimizer LightningCLI would ignore it
+        main([*args, "--lr_scheduler", "StepLR", "--lr_scheduler.step_size", "1"])
+    assert exit_info.value.code == 2 and "--lr_scheduler needs --optimizer too" in capsys.readouterr().err
+
+
+def test_shipped_configs_are_listed_written_and_found_by_name(tmp_path, monkeypatch, capsys):
+    shipped = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+    assert sorted(p.name for p in configs_dir().glob("*.yaml")) == shipped  # in a checkout: configs/
+    main(["configs"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in shipped) and "Your own table (CSV or Parquet)" in listed
+
+    main(["configs", "--write", str(tmp_path / "mine")])
+    for name in shipped:
+        assert (tmp_path / "mine" / name).read_text() == (CONFIGS / name).read_text()
+    with pytest.raises(SystemExit):  # nothing is overwritten
+        main(["configs", "--write", str(tmp_path / "mine")])
+    assert "already exist" in capsys.readouterr().err
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no configs/ here: a bare name or configs/NAME means the shipped file
+    assert shipped_config("csv.yaml") == shipped_config("configs/csv.yaml") == str(configs_dir() / "csv.yaml")
+    assert shipped_config("other/csv.yaml") == "other/csv.yaml"
+    (elsewhere / "csv.yaml").write_text("{}")
+    assert shipped_config("csv.yaml") == "csv.yaml"  # a file of that name wins
+    resolved = cli._resolve_configs(["--config=default.yaml", "-c", "paper.yaml", "--data.train_csv", "paper.yaml"])
+    shipped_paper = str(configs_dir() / "paper.yaml")
+    assert resolved == ["--config=" + str(configs_dir() / "default.yaml"), "-c", shipped_paper] + resolved[3:]
+    assert resolved[3:] == ["--data.train_csv", "paper.yaml"]  # only config options are resolved
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/default.yaml", "--print_config"])
+    assert exit_info.value.code == 0 and "builtin: digits" in capsys.readouterr().out
+
+    with monkeypatch.context() as m:  # installed: the configs lie in the package, next to cli.py
+        package = tmp_path / "site-packages" / "lightning_lossval"
+        (package / "configs").mkdir(parents=True)
+        m.setattr(cli, "__file__", str(package / "cli.py"))
+        assert configs_dir() == package / "configs"

@@ -91,8 +91,8 @@ def test_val_split_is_seeded_disjoint_and_rows_map_back(tmp_path):
     val_rows = [min(range(40), key=lambda r: abs(sizes[r] - s)) for s in val_sizes]
     assert set(val_rows).isdisjoint(columns["row"]) and set(val_rows) | set(columns["row"]) == set(range(40))
 
-    again = prepared(train_csv=path, target="label", val_fraction=0.25, seed=3)
-    other = prepared(train_csv=path, target="label", val_fraction=0.25, seed=4)
+    again = prepared(train_csv=path, target="label", id_column="id", val_fraction=0.25, seed=3)
+    other = prepared(train_csv=path, target="label", id_column="id", val_fraction=0.25, seed=4)
     assert again.row_columns()["row"] == columns["row"]
     assert other.row_columns()["row"] != columns["row"]
 
@@ -232,8 +232,10 @@ def error_cases(tmp_path):
             r"target column 'label' cannot also be in "
             r"data.drop_columns",
         ),
-        (dict(), r"exactly one data source.*got neither"),
-        (dict(train_csv=ok, builtin="iris"), r"exactly one data source.*got both"),
+        (dict(), r"no training data given: set --data.train_csv PATH"),
+        (dict(train_csv=ok, builtin="iris"), r"exactly one training data source, got train_csv and builtin"),
+        (dict(train_csv=ok, val_csv=ok, val_df=ok), r"one validation source, val_csv or val_df"),
+        (dict(train_df=ok, target="label"), r"the training DataFrame must be a pandas DataFrame, got str"),
         (dict(builtin="mnist"), r"unknown builtin dataset 'mnist'"),
         (dict(train_csv=ok, target="label", noise="labels"), r"--data.noise must be one of none, label"),
         (dict(train_csv=ok, target="label", noise="label", noise_rate=1.5), r"--data.noise_rate .* within \[0, 1\]"),
@@ -356,10 +358,15 @@ class TinyNet(L.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=0.1)
 
 
-def test_fits_with_a_real_trainer(tmp_path):
-    dm = TabularDataModule(
-        train_csv=write_csv(tmp_path / "t.csv", HEADER, animal_rows(200)), target="label", id_column="id", batch_size=16
-    )
+@pytest.mark.parametrize("source", ["csv", "dataframe", "parquet"])
+def test_fits_with_a_real_trainer(tmp_path, source):
+    path = write_csv(tmp_path / "t.csv", HEADER, animal_rows(200))
+    table = {"train_csv": path}
+    if source == "dataframe":
+        table = {"train_df": pytest.importorskip("pandas").read_csv(path)}
+    elif source == "parquet":
+        table = {"train_csv": write_parquet(tmp_path / "t.parquet", HEADER, animal_rows(200))}
+    dm = TabularDataModule(**table, target="label", id_column="id", batch_size=16)
     dm.prepare()  # the shapes are known before the model is built
     model = TinyNet(dm.num_features, dm.num_outputs)
     trainer = L.Trainer(
@@ -369,3 +376,100 @@ def test_fits_with_a_real_trainer(tmp_path):
     assert trainer.state.finished
     assert trainer.global_step == math.ceil(180 / 16)
     assert trainer.callback_metrics["val_acc"] > 0.8  # size decides the label; one epoch learns it
+
+
+def write_parquet(path, header, rows):
+    """The rows as a Parquet file: numeric columns as float64, the others as strings."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    columns = {}
+    for i, name in enumerate(header):
+        values = [row[i] for row in rows]
+        numeric = all(v.lstrip("-").replace(".", "", 1).isdigit() for v in values)
+        columns[name] = [float(v) for v in values] if numeric else values
+    pq.write_table(pa.table(columns), path)
+    return str(path)
+
+
+def assert_same_data(a, b):
+    assert (a.feature_names, a.classes, a.task) == (b.feature_names, b.classes, b.task)
+    for x, y in zip(a.train_set.tensors + a.val_set.tensors, b.train_set.tensors + b.val_set.tensors):
+        assert torch.equal(x, y)
+    assert a.row_columns() == b.row_columns()
+
+
+def test_dataframes_are_encoded_and_mapped_back_like_the_csv(tmp_path):
+    pd = pytest.importorskip("pandas")
+    train = write_csv(tmp_path / "t.csv", HEADER, animal_rows(30))
+    val = write_csv(tmp_path / "v.csv", HEADER, animal_rows(8, seed=1))
+    from_csv = prepared(train_csv=train, val_csv=val, target="label", id_column="id")
+    frames = prepared(train_df=pd.read_csv(train), val_df=pd.read_csv(val), target="label", id_column="id")
+    assert_same_data(frames, from_csv)
+    assert "train_df" not in frames.hparams  # a table is not a hyperparameter
+
+    tail = pd.read_csv(train).iloc[10:]  # row numbers are positions, df.iloc[row], whatever the index
+    columns = prepared(train_df=tail, target="label", id_column="id", val_fraction=0.25, seed=3).row_columns()
+    assert columns["id"] == [tail.iloc[r]["id"] for r in columns["row"]] and max(columns["row"]) < 20
+
+    gaps = pd.read_csv(train)
+    gaps.loc[4, "size"] = None
+    gaps.loc[7, "color"] = pd.NA
+    with pytest.raises(DataError, match=r"2 row\(s\) of the training DataFrame \(rows 4, 7\)"):
+        prepared(train_df=gaps, target="label", id_column="id")
+    gaps["size"] = gaps["size"].astype(object)
+    gaps.loc[4, "size"] = "big"
+    with pytest.raises(DataError, match=r"row 4 of the training DataFrame, column 'size': 'big' is not a number"):
+        prepared(train_df=gaps, target="label", id_column="id", missing="drop")
+
+
+def test_parquet_files_round_trip_like_the_csv(tmp_path, monkeypatch):
+    rows, val_rows = animal_rows(30), animal_rows(8, seed=1)
+    train, val = write_csv(tmp_path / "t.csv", HEADER, rows), write_csv(tmp_path / "v.csv", HEADER, val_rows)
+    from_csv = prepared(train_csv=train, val_csv=val, target="label", id_column="id")
+    train, val = write_parquet(tmp_path / "t.parquet", HEADER, rows), write_parquet(tmp_path / "v.pq", HEADER, val_rows)
+    assert_same_data(prepared(train_csv=train, val_csv=val, target="label", id_column="id"), from_csv)
+
+    (tmp_path / "bad.parquet").write_text("id,size\n")
+    with pytest.raises(DataError, match=r"cannot read .*bad.parquet as Parquet"):
+        prepared(train_csv=str(tmp_path / "bad.parquet"), target="label")
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)  # makes the import raise ImportError
+    with pytest.raises(DataError, match=r'needs pyarrow, .*pip install "lightning-lossval\[parquet\]"'):
+        prepared(train_csv=train, target="label")
+
+
+def test_id_like_column_is_refused_with_the_fixes(tmp_path):
+    rows = animal_rows(30)
+    path = write_csv(tmp_path / "t.csv", HEADER, rows)
+    with pytest.raises(DataError) as error:
+        prepared(train_csv=path, target="label")  # 27 training rows after the validation split
+    message = str(error.value)
+    assert (
+        message.startswith("column 'id' of ") and "(27 distinct values in 27 rows, e.g. 'r0', 'r1', 'r10'):" in message
+    )
+    assert (
+        "--data.id_column id" in message and "--data.drop_columns [id]" in message and "--data.categorical" in message
+    )
+    assert prepared(train_csv=path, target="label", id_column="id").feature_names[0] == "size"
+    assert prepared(train_csv=path, target="label", drop_columns=["id"]).feature_names[0] == "size"
+    assert prepared(train_csv=path, target="label", categorical=["id", "color"]).num_features == 27 + 1 + 3
+
+    few = [[f"k{i % 15}", *row[1:]] for i, row in enumerate(rows)]  # at most 15 values: an ordinary category
+    assert prepared(train_csv=write_csv(tmp_path / "few.csv", HEADER, few), target="label").feature_names[0] == "id=k0"
+
+
+def test_long_lists_in_messages_are_cut(tmp_path):
+    wide = [f"c{i}" for i in range(40)]
+    path = write_csv(tmp_path / "wide.csv", wide, [[str(i) for i in range(40)]] * 3)
+    with pytest.raises(DataError, match=r"its columns are 'c0', 'c1', .*'c9', \.\.\. and 30 more\. Name the target"):
+        prepared(train_csv=path, target="label")
+
+    train = write_csv(tmp_path / "t.csv", ["x", "y"], [[str(i), str(i % 25)] for i in range(50)])
+    val = write_csv(tmp_path / "v.csv", ["x", "y"], [["1", "99"]])
+    classes = r"\('0', '1', '2', '3', '4', '5', '6', '7', '8', '9', \.\.\. and 15 more\)"
+    with pytest.raises(DataError, match=r"target '99' is not one of the 25 training classes " + classes):
+        prepared(train_csv=train, val_csv=val, target="y", task="classification")
+
+    gaps = write_csv(tmp_path / "g.csv", ["x", "y"], [[str(i), "" if i < 14 else str(i % 2)] for i in range(30)])
+    with pytest.raises(DataError, match=r"14 row\(s\) of .*g.csv \(lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, \.\.\. and 4"):
+        prepared(train_csv=gaps, target="y", val_fraction=0.2)
