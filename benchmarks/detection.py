@@ -398,7 +398,7 @@ def plot(records: list[dict], path: Path) -> None:
     figure = Figure(figsize=(10, 4), dpi=100)
     for axis, task in zip(figure.subplots(1, 2), ("classification", "regression")):
         rows = [r for r in records if r["task"] == task and r["kind"] == "label" and r["rate"] == max(RATES)]
-        for method in dict.fromkeys(r["method"] for r in rows):
+        for method in dict.fromkeys(r["method"] for r in rows if "curve" in r):  # records read back have none
             curves = torch.tensor([r["curve"] for r in rows if r["method"] == method]).mean(0)
             axis.plot(torch.linspace(0, 1, 101).tolist(), curves.tolist(), label=method)
         axis.set(
@@ -450,6 +450,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print the tables only")
     parser.add_argument("--section", default="detection", help="name of the RESULTS.md section to (re)write")
     parser.add_argument("--records", type=Path, help="where to write the per-run records (default: next to RESULTS.md)")
+    parser.add_argument("--figure", type=Path, help="also draw the discovery curves here (with --no-write)")
     args = parser.parse_args()
 
     jobs = [
@@ -474,6 +475,8 @@ def main() -> None:
     command = "python benchmarks/detection.py " + " ".join(sys.argv[1:])
     text = summarise(records, command.strip(), time.perf_counter() - start)
     print(text)
+    if args.figure:
+        plot(records, args.figure)
     if not args.no_write:
         figure = f"{args.section}_discovery.png"
         plot(records, HERE / figure)
