@@ -93,6 +93,46 @@ def epsilon_schedule(p: int, diameter: float, blur: float, scaling: float) -> li
     return [diameter**p] + [math.exp(start + k * step) for k in range(count)] + [blur**p]
 
 
+@torch.no_grad()
+def quantize(
+    y: Tensor, w: Tensor, k: int, *, iterations: int = 8, seed: int = 0, chunk_bytes: int = 4 << 20
+) -> tuple[Tensor, Tensor]:
+    """A weighted k-means summary of the measure ``sum_j w_j delta(y_j)``: at most ``k`` points.
+
+    Returns centroids ``[K, D]`` and their masses ``[K]``, the total mass of the rows each one
+    holds, so the summary's total mass is the measure's. With ``k`` at least the number of rows
+    ``V`` the measure itself comes back. Otherwise ``iterations`` Lloyd steps on ``16 * k`` rows drawn
+    with ``seed`` (deterministic), starting from ``k`` of them, then one assignment of every row
+    for the masses and centroids: ``O((iterations * 16 * k + V) * k * D)`` time, ``O(V * D)``
+    memory, rows assigned in chunks so that no distance block over ``chunk_bytes`` exists. Empty
+    clusters are dropped.
+    """
+    y, w = y.detach().float(), w.detach().float()
+    v = y.shape[0]
+    if k >= v:
+        return y, w
+    order = torch.randperm(v, generator=torch.Generator().manual_seed(seed)).to(y.device)
+    sample = order[: 16 * k]
+    centroids = y[order[:k]]
+    for _ in range(iterations):
+        assigned, mass, means = _lloyd(y[sample], w[sample], centroids, chunk_bytes)
+        centroids = torch.where(mass.unsqueeze(1) > 0, means, centroids)
+    _, mass, means = _lloyd(y, w, centroids, chunk_bytes)
+    keep = mass > 0
+    return means[keep], mass[keep]
+
+
+def _lloyd(y: Tensor, w: Tensor, centroids: Tensor, chunk_bytes: int) -> tuple[Tensor, Tensor, Tensor]:
+    """One Lloyd step: each row's nearest centroid ``[V]``, the clusters' masses ``[K]`` and means ``[K, D]``."""
+    k = centroids.shape[0]
+    half_norms = (centroids * centroids).sum(1) / 2
+    rows = max(1, chunk_bytes // (4 * k))
+    assigned = torch.cat([(part @ centroids.T).sub_(half_norms).argmax(1) for part in y.split(rows)])
+    mass = torch.zeros(k, device=y.device).index_add_(0, assigned, w)
+    sums = torch.zeros_like(centroids).index_add_(0, assigned, y * w.unsqueeze(1))
+    return assigned, mass, sums / mass.clamp_min(torch.finfo(mass.dtype).tiny).unsqueeze(1)
+
+
 def cost_matrix(x: Tensor, y: Tensor, p: int) -> Tensor:
     """Ground cost ``|x_i - y_j| ** p / p``, ``[N, M]``, computed as geomloss does (p = 1 or 2)."""
     squared = (x * x).sum(1, keepdim=True) - 2 * x @ y.T + (y * y).sum(1)
