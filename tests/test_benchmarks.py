@@ -109,3 +109,21 @@ def test_detection_benchmark_measures_the_shipped_csv_config(tmp_path):
     other.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match="knows the bundled MLP only"):
         csv_recipe(other)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_gpu_check_without_a_gpu_says_so_and_its_cpu_dry_run_writes_nothing():
+    outputs = [BENCHMARKS / "RESULTS.md", BENCHMARKS / "gpu_check.json"]
+    before = [path.read_bytes() if path.exists() else None for path in outputs]
+    script = [sys.executable, str(BENCHMARKS / "gpu_check.py")]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("gpu_check: no CUDA GPU here") and len(result.stdout.splitlines()) == 1
+    dry = subprocess.run([*script, "--device", "cpu", "--budget", "600"], capture_output=True, text=True, timeout=600)
+    assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr[-3000:]
+    status = dict(line.split()[1::-1] for line in dry.stdout.splitlines()[:-1])
+    skipped = {name for name, s in status.items() if s == "SKIP"}  # they need CUDA
+    assert skipped == {"fp16-sparse", "fp16-dense", "host-sync-sparse", "host-sync-dense"}
+    assert {s for name, s in status.items() if name.startswith(("bf16", "values"))} == {"PASS"}
+    assert {s for name, s in status.items() if name.startswith(("overhead", "step-val"))} == {"INFO"}
+    assert [path.read_bytes() if path.exists() else None for path in outputs] == before
