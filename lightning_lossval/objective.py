@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 import torch
 from torch import Tensor
 
+from lightning_lossval.engines import geomloss_potentials
 from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.sinkhorn import (
     Sinkhorn,
@@ -100,6 +101,11 @@ class Objective:
         _choice("mass", self.mass, MASSES)
         if not self.label_weight >= 0:
             raise ConfigError(f"label_weight must be >= 0, got {self.label_weight}")
+        if self.label_weight > 0 and self.sinkhorn.backend != "own":
+            raise ConfigError(
+                f"label_weight > 0 adds a label cost that only the own Sinkhorn takes, not "
+                f"backend={self.sinkhorn.backend!r}: use backend='own' for label-aware transport, or label_weight=0"
+            )
         if self.reduction == "normalized" and self.mass == "raw":
             raise ConfigError(
                 "reduction='normalized' divides by the sum of the masses, which raw weights can drive to zero or "
@@ -194,7 +200,7 @@ def _finish(
     else:
         diameter = float(solver.diameter)
     schedule = solver.schedule(diameter)
-    potential = self_potential(cost, masses, schedule) if solver.debias else None
+    potential = self_potential(cost, masses, schedule) if solver.debias and solver.backend == "own" else None
     return Validation(features, labels, masses, label_scale, schedule, potential)
 
 
@@ -343,12 +349,15 @@ def lossval_objective(
     y_labels, scale = validation.labels, validation.label_scale
     x_labels = None if y_labels is None else labels
     with torch.autocast(x.device.type, enabled=False):
-        c_xy = ground_cost(x, y, solver.p, x_labels, y_labels, scale)
-        c_xx = ground_cost(x, x, solver.p, x_labels, x_labels, scale) if solver.debias else None
-        c_yy = None
-        if solver.debias and validation.potential is None:
-            c_yy = ground_cost(y, y, solver.p, y_labels, y_labels, scale)
-        f, g = debiased_potentials(a, validation.masses, c_xy, c_xx, c_yy, eps_list, validation.potential)
+        if solver.backend != "own":  # the reference solver (no labels: Objective refuses them), same schedule
+            f, g = geomloss_potentials(a, x, validation.masses, y, solver, eps_list[0] ** (1 / solver.p))
+        else:
+            c_xy = ground_cost(x, y, solver.p, x_labels, y_labels, scale)
+            c_xx = ground_cost(x, x, solver.p, x_labels, x_labels, scale) if solver.debias else None
+            c_yy = None
+            if solver.debias and validation.potential is None:
+                c_yy = ground_cost(y, y, solver.p, y_labels, y_labels, scale)
+            f, g = debiased_potentials(a, validation.masses, c_xy, c_xx, c_yy, eps_list, validation.potential)
         ot = (a * f).sum() + (validation.masses * g).sum()
     parts = Parts(weights, masses, a, losses, loss, f, ot, labels, objective)
     return parts.value() if update is None else update.loss(parts, {} if state is None else state)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from importlib.util import find_spec
 from typing import Literal
 
 import torch
 from torch import Tensor
 
 from lightning_lossval.errors import ConfigError
+
+BACKENDS = ("own", "geomloss", "geomloss-online")  # the engines of :class:`Sinkhorn` (its ``backend``)
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,13 @@ class Sinkhorn:
             value barely depends on the diameter; with the paper's unequal masses the balanced
             Sinkhorn value depends on where the annealing starts, so a fixed diameter changes the
             objective itself (by a factor ~2 at 1.5x the true diameter).
+        backend: which engine solves the transport in the LossVal objective. ``"own"``: this
+            module's loop (fast; the fixed diameter's validation debias term computed once per fit).
+            ``"geomloss"``: the reference, ``geomloss.SamplesLoss("sinkhorn", backend="tensorized")``
+            with the same settings, which recomputes the validation debias term every step (``N x M``,
+            ``N x N`` and ``M x M`` costs per step). ``"geomloss-online"``: geomloss's KeOps backend
+            (needs ``pykeops``; ``O(N + M)`` memory). The geomloss engines take no label cost
+            (``label_weight`` must be 0).
     """
 
     blur: float = 0.05
@@ -48,8 +58,16 @@ class Sinkhorn:
     p: int = 2
     debias: bool = True
     diameter: float | Literal["batch", "validation"] = "validation"
+    backend: Literal["own", "geomloss", "geomloss-online"] = "own"
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {self.backend!r}")
+        if self.backend == "geomloss-online" and find_spec("pykeops") is None:
+            raise ConfigError(
+                "backend='geomloss-online' runs geomloss's KeOps backend, which needs pykeops: pip install pykeops, "
+                "or use backend='geomloss' (tensorized) or 'own'"
+            )
         if not self.blur > 0 or not 0 < self.scaling < 1:
             raise ConfigError(f"need blur > 0 and 0 < scaling < 1, got blur={self.blur}, scaling={self.scaling}")
         if self.p not in (1, 2):
