@@ -145,7 +145,10 @@ def _lloyd(y: Tensor, w: Tensor, centroids: Tensor, chunk_bytes: int) -> tuple[T
     k = centroids.shape[0]
     half_norms = (centroids * centroids).sum(1) / 2
     rows = max(1, chunk_bytes // (4 * k))
-    assigned = torch.cat([(part @ centroids.T).sub_(half_norms).argmax(1) for part in y.split(rows)])
+    scores = y.new_empty(min(rows, y.shape[0]), k)  # one block, reused: no allocator churn over V / rows blocks
+    assigned = torch.cat(
+        [torch.mm(part, centroids.T, out=scores[: len(part)]).sub_(half_norms).argmax(1) for part in y.split(rows)]
+    )
     mass = torch.zeros(k, device=y.device).index_add_(0, assigned, w)
     sums = torch.zeros_like(centroids).index_add_(0, assigned, y * w.unsqueeze(1))
     return assigned, mass, sums / mass.clamp_min(torch.finfo(mass.dtype).tiny).unsqueeze(1)
