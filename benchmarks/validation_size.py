@@ -104,7 +104,8 @@ def main() -> None:
     text = "\n".join(
         [
             f"Command: `{' '.join(['python benchmarks/validation_size.py', *sys.argv[1:]])}`",
-            f"Run: {datetime.date.today()}, {torch.__version__}, {args.steps} steps per configuration, one process each.",
+            f"Run: {datetime.date.today()}, torch {torch.__version__}, {args.steps} steps per configuration, "
+            "one process each.",
             "",
             *lines,
         ]

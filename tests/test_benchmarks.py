@@ -28,7 +28,9 @@ def test_validation_size_benchmark_smoke():
     script = [sys.executable, str(BENCHMARKS / "validation_size.py"), "--sizes", "100", "3000", "--exact", "3000"]
     result = subprocess.run([*script, "--steps", "12", "--no-write"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "rows" not in line]
+    rows = [
+        line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| ") and "rows" not in line
+    ]
     assert [(r[0].strip(), r[1].strip()) for r in rows] == [
         ("100", "exact"),
         ("3,000", "summary (2000 points)"),
