@@ -11,6 +11,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_lossval import LossValMixin
 from lightning_lossval.noise import flip_labels
 
+B, D, V, K = 6, 3, 5, 4  # the tiny fixed batch of conftest.batch: samples, features, validation rows, classes
+
 TRAINER_ARGS = dict(accelerator="cpu", enable_progress_bar=False, enable_model_summary=False)
 
 

@@ -6,27 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from geomloss import SamplesLoss
-from helpers import paper
+from helpers import B, K, V, paper
 
 from lightning_lossval import PRESETS
 from lightning_lossval.losses import cross_entropy, squared_error
 from lightning_lossval.objective import lossval_objective, prepare_validation
 from lightning_lossval.sinkhorn import cloud_diameter, sinkhorn_distance
 
-B, D, V, K = 6, 3, 5, 4
 PAPER = PRESETS["paper"].objective
-
-
-@pytest.fixture
-def batch():
-    """A fixed tiny batch: features, val features, softmax probabilities, one-hot targets, weights."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(B, D, generator=g)
-    x_val = torch.randn(V, D, generator=g) + 0.5
-    probs = torch.softmax(torch.randn(B, K, generator=g), dim=1)
-    targets = F.one_hot(torch.randint(0, K, (B,), generator=g), K).float()
-    weights = torch.rand(B, generator=g) * 1.5 + 0.2  # in [0.2, 1.7): not all ones, sum != V
-    return x, x_val, probs, targets, weights
 
 
 def test_paper_preset_matches_hand_written_reference(batch):
