@@ -163,7 +163,7 @@ def prepare_validation(features: Tensor, labels: Tensor | None, objective: Objec
         masses = torch.full((v,), 1.0 / v if objective.normalize_masses else 1.0, device=features.device)
         if objective.label_weight == 0:
             labels, label_scale = None, 0.0
-            cost = cost_matrix(features, features, solver.p) if solver.fixed and solver.debias else None
+            cost = cost_matrix(features, features, solver.p) if solver.caches_self_term else None
         elif labels is None:
             raise DataError(LABELS_NEEDED)
         else:
@@ -200,7 +200,7 @@ def _finish(
     else:
         diameter = float(solver.diameter)
     schedule = solver.schedule(diameter)
-    potential = self_potential(cost, masses, schedule) if solver.debias and solver.backend == "own" else None
+    potential = self_potential(cost, masses, schedule) if solver.caches_self_term else None
     return Validation(features, labels, masses, label_scale, schedule, potential)
 
 
@@ -221,7 +221,7 @@ def _prepare_summary(features: Tensor, labels: Tensor | None, objective: Objecti
         extent = _extent(features, objective)
         features, labels, masses = summarize_validation(features, labels, objective, label_scale)
         cost = None
-        if solver.fixed and solver.debias:
+        if solver.caches_self_term:
             cost = ground_cost(features, features, solver.p, labels, labels, label_scale)
         return _finish(features, labels, masses, label_scale, cost, objective, extent)
 

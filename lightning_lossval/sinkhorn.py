@@ -84,6 +84,12 @@ class Sinkhorn:
         """Whether the annealing schedule is fixed once per fit (a diameter that is not ``"batch"``)."""
         return self.diameter != "batch"
 
+    @property
+    def caches_self_term(self) -> bool:
+        """Whether the validation side's debias potential is computed once per fit: a fixed schedule and the
+        own engine (geomloss recomputes it every step)."""
+        return self.fixed and self.debias and self.backend == "own"
+
     def schedule(self, diameter: float) -> list[float]:
         """The annealing temperatures from ``diameter`` (at least the blur) down to the blur."""
         return epsilon_schedule(self.p, max(diameter, self.blur), self.blur, self.scaling)
@@ -133,15 +139,15 @@ def quantize(
     sample = order[: 16 * k]
     centroids = y[order[:k]]
     for _ in range(iterations):
-        assigned, mass, means = _lloyd(y[sample], w[sample], centroids, chunk_bytes)
+        mass, means = _lloyd(y[sample], w[sample], centroids, chunk_bytes)
         centroids = torch.where(mass.unsqueeze(1) > 0, means, centroids)
-    _, mass, means = _lloyd(y, w, centroids, chunk_bytes)
+    mass, means = _lloyd(y, w, centroids, chunk_bytes)
     keep = mass > 0
     return means[keep], mass[keep]
 
 
-def _lloyd(y: Tensor, w: Tensor, centroids: Tensor, chunk_bytes: int) -> tuple[Tensor, Tensor, Tensor]:
-    """One Lloyd step: each row's nearest centroid ``[V]``, the clusters' masses ``[K]`` and means ``[K, D]``."""
+def _lloyd(y: Tensor, w: Tensor, centroids: Tensor, chunk_bytes: int) -> tuple[Tensor, Tensor]:
+    """One Lloyd step: the masses ``[K]`` and means ``[K, D]`` of the rows nearest each centroid."""
     k = centroids.shape[0]
     half_norms = (centroids * centroids).sum(1) / 2
     rows = max(1, chunk_bytes // (4 * k))
@@ -151,7 +157,7 @@ def _lloyd(y: Tensor, w: Tensor, centroids: Tensor, chunk_bytes: int) -> tuple[T
     )
     mass = torch.zeros(k, device=y.device).index_add_(0, assigned, w)
     sums = torch.zeros_like(centroids).index_add_(0, assigned, y * w.unsqueeze(1))
-    return assigned, mass, sums / mass.clamp_min(torch.finfo(mass.dtype).tiny).unsqueeze(1)
+    return mass, sums / mass.clamp_min(torch.finfo(mass.dtype).tiny).unsqueeze(1)
 
 
 def cost_matrix(x: Tensor, y: Tensor, p: int) -> Tensor:
