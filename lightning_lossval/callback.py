@@ -100,7 +100,7 @@ class LossValCallback(Callback):
         lr: the weights' step size, replacing the update rule's (default: the rule's, 0.05 for
             the default's balanced step, which moves a sample by at most ``2 * lr`` per visit,
             0.01 for the paper's Adam).
-        objective: a preset name (``"default"``, ``"paper"``), a mapping of single fields that
+        objective: a preset name (``"default"``, ``"labels"``, ``"paper"``), a mapping of single fields that
             starts from a preset (``"preset"``, default ``"default"``), an
             :class:`~lightning_lossval.objective.Objective` or a
             :class:`~lightning_lossval.presets.Preset` (see ``lightning_lossval.presets``).

@@ -8,7 +8,7 @@ save; ``synced`` names the running ones every step averages over the DDP ranks. 
 the names used in configs to the classes. Adding a rule is one class here and its tests.
 
 The kernels are plain functions on tensors: :func:`sparse_adam_step`, :func:`normalized_step`,
-:func:`balanced_direction`, :func:`running_step`.
+:func:`balanced_direction`, :func:`far_side`, :func:`running_step`.
 """
 
 from __future__ import annotations
@@ -118,6 +118,10 @@ class Balanced(UpdateRule):
             ``ot_share_max``; a number fixes it.
         ot_share_max: the cap of ``ot_share="auto"``.
         clip: the soft clip of a step, in units of the running RMS of the gradients.
+        transport_side: ``"far"``: only the rows farther than the batch's average from the
+            validation data take transport evidence (:func:`far_side`), so the transport part
+            pushes outliers down without lifting the rows in dense regions, mislabeled rows
+            among them; ``"both"`` (before 2026-12-01): every row's deviation counts, both ways.
     """
 
     name: ClassVar[str] = "balanced"
@@ -126,9 +130,12 @@ class Balanced(UpdateRule):
     ot_share: float | Literal["auto"] = "auto"
     ot_share_max: float = 0.5
     clip: float = 2.0
+    transport_side: Literal["far", "both"] = "far"
 
     def __post_init__(self) -> None:
         _positive_lr(self)
+        if self.transport_side not in ("far", "both"):
+            raise ConfigError(f"transport_side must be 'far' or 'both', got {self.transport_side!r}")
         share = self.ot_share
         number = isinstance(share, (int, float)) and not isinstance(share, bool)
         if share != "auto" and not (number and share >= 0):
@@ -157,6 +164,8 @@ class Balanced(UpdateRule):
             loss_dev, potential_dev = parts.losses.detach() - mean_loss, f - (a * f).sum()
             # d(L_w * S**k)/dm_i is proportional to S**k * loss_dev_i + k * L_w * S**(k-1) * potential_dev_i
             ratio = k * mean_loss * _rms(potential_dev) / (ot * _rms(loss_dev))
+            if self.transport_side == "far":
+                potential_dev = far_side(potential_dev, a)
             direction = balanced_direction(loss_dev, potential_dev, ratio, state, self.ot_share, self.ot_share_max)
         surrogate = (parts.weights.float() * direction).sum()  # its gradient in the weights: the direction
         # The network's loss is the masses' weighted mean of its per-sample losses and nothing else: the
@@ -177,6 +186,16 @@ RULES: dict[str, type[UpdateRule]] = {rule.name: rule for rule in (Adam, Normali
 
 def _rms(t: Tensor) -> Tensor:
     return t.pow(2).mean().sqrt()
+
+
+def far_side(deviation: Tensor, masses: Tensor) -> Tensor:
+    """The transport evidence of the rows farther than average from the validation data only:
+    ``relu(d / rms(d))`` of the potentials' deviations ``d`` ``[B]``, centred on its mean under
+    ``masses`` ``[B]``. Rows closer than average all get the same small lift, so a row in a dense
+    region (a typical row with a wrong label, say) is not lifted above its batch by the transport
+    part while its loss says it does not fit."""
+    z = (deviation / _rms(deviation).clamp_min(torch.finfo(deviation.dtype).tiny)).clamp_min(0)
+    return z - (masses * z).sum()
 
 
 def running_mean(pair: Tensor, value: Tensor, valid: Tensor | bool = True) -> Tensor:

@@ -74,6 +74,7 @@ def test_normalized_step_keeps_ratios_moves_only_the_batch_and_clips():
 def test_balanced_objective_trains_the_network_on_the_weighted_mean_and_balances_the_weights():
     from lightning_lossval.errors import ConfigError
     from lightning_lossval.objective import weight_mass
+    from lightning_lossval.presets import PRESETS
     from lightning_lossval.sinkhorn import debiased_potentials
     from lightning_lossval.updates import Balanced
 
@@ -106,9 +107,22 @@ def test_balanced_objective_trains_the_network_on_the_weighted_mean_and_balances
     cost = (cost_matrix(x, y, 2), cost_matrix(x, x, 2))
     f, _ = debiased_potentials(a, validation.masses, *cost, None, validation.schedule, validation.potential)
     loss_dev, potential_dev = raw - (a * raw).sum(), f - (a * f).sum()
-    expected = loss_dev / loss_dev.pow(2).mean().sqrt() + 0.5 * potential_dev / potential_dev.pow(2).mean().sqrt()
+    rms = lambda t: t.pow(2).mean().sqrt()  # noqa: E731
+    far = (potential_dev / rms(potential_dev)).clamp_min(0)  # transport_side="far": only rows beyond average
+    far = far - (a * far).sum()
+    expected = loss_dev / rms(loss_dev) + 0.5 * far / rms(far)
     torch.testing.assert_close(b_w_grad, expected, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(b_w_grad, w_grad)
+    # transport_side="both": every row's deviation counts, both ways
+    both = Balanced(ot_share=0.5, transport_side="both")
+    _, both_grad, _ = run(both, both.state(B))
+    expected = loss_dev / rms(loss_dev) + 0.5 * potential_dev / rms(potential_dev)
+    torch.testing.assert_close(both_grad, expected, rtol=1e-4, atol=1e-6)
+    # the labels preset: the loss part alone
+    labels = PRESETS["labels"].update
+    _, labels_grad, labels_loss_grad = run(labels, labels.state(B))
+    torch.testing.assert_close(labels_grad, loss_dev / rms(loss_dev), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(labels_loss_grad, b_loss_grad)  # the network trains as with the default
 
     with pytest.raises(ConfigError, match=r"state=Balanced\(\).state"):
         lossval_objective(w0, raw, x, validation, objective, update=rule)
@@ -145,6 +159,23 @@ def test_balanced_direction_votes_by_running_scale_and_shares_automatically():
     before = auto["ratio"].clone()
     out = balanced_direction(zero, zero, torch.tensor(float("nan")), auto, share="auto")
     assert torch.isfinite(out).all() and out.abs().sum() == 0 and auto["ratio"].tolist() == before.tolist()
+
+
+def test_far_side_keeps_transport_evidence_for_rows_beyond_the_average_only():
+    from lightning_lossval.errors import ConfigError
+    from lightning_lossval.updates import Balanced, far_side
+
+    deviation = torch.tensor([2.0, 0.5, -0.3, -0.7, -1.5])
+    masses = torch.tensor([0.1, 0.2, 0.3, 0.2, 0.2])
+    out = far_side(deviation, masses)
+    assert (masses * out).sum().abs().item() < 1e-6  # centred under the masses: no drift of the whole batch
+    assert out[0] > out[1] > out[2]  # the farther of the rows beyond average moves further
+    assert out[2] == out[3] == out[4]  # rows closer than average: one common lift, whatever their density
+    scaled = far_side(deviation * 100, masses)
+    torch.testing.assert_close(scaled, out)  # in units of the batch's spread
+    assert far_side(torch.zeros(5), masses).abs().sum().item() == 0  # an all-equal batch casts no vote
+    with pytest.raises(ConfigError, match="transport_side must be 'far' or 'both'"):
+        Balanced(transport_side="near")
 
 
 def test_running_step_scales_by_the_running_rms_and_moves_only_the_batch():
