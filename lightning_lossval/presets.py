@@ -131,10 +131,16 @@ def describe(preset: Preset) -> dict[str, Any]:
     }
 
 
+# Fields a rule gained after checkpoints were written without them: the value those weights were learned under.
+ADDED_FIELDS: dict[str, dict[str, Any]] = {"balanced": {"transport_side": "both"}}  # 2026-12-01
+
+
 def check_resume(saved: dict[str, Any], preset: Preset) -> None:
     """Refuse to resume weights learned under another objective or rule (:func:`describe` of both);
     say so when only the step size differs."""
     current, saved = describe(preset), dict(saved)
+    for name, before in ADDED_FIELDS.get(saved.get("update"), {}).items():
+        saved.setdefault(name, before)
     saved_lr = saved.pop("lr", current["lr"])
     changed = {k: v for k, v in saved.items() if current.get(k) != v}
     if changed:

@@ -229,3 +229,14 @@ def test_rules_own_their_options_state_and_store():
     ):
         with pytest.raises(ConfigError, match=message):
             bad()
+
+
+def test_a_checkpoint_from_before_transport_side_resumes_only_under_the_rule_it_learned_with():
+    from lightning_lossval.errors import ResumeError
+    from lightning_lossval.presets import PRESETS, check_resume, describe, resolve
+
+    older = {k: v for k, v in describe(PRESETS["default"]).items() if k != "transport_side"}
+    with pytest.raises(ResumeError, match=r"\{'transport_side': 'both'\}"):
+        check_resume(older, PRESETS["default"])
+    check_resume(older, resolve({"transport_side": "both"}))  # the rule those weights were learned under
+    check_resume(describe(PRESETS["default"]), PRESETS["default"])
