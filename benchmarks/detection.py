@@ -216,6 +216,12 @@ BASELINES = ("random", "small-loss", "Data-OOB", "KNN-Shapley", "cleanlab")
 
 
 # ----------------------------------------------------------------------------- one job
+def measures(values: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
+    """The benchmark's three measures of one valuation (``METRICS``)."""
+    report = detection_report(values, noisy)
+    return dict(f1=report["detection_f1"], f1_rate=report["f1_at_noise_rate"], auroc=report["auroc"])
+
+
 def run_job(job: tuple) -> list[dict]:
     """The chosen methods on one (dataset, kind, rate, seed); returns one record per method."""
     name, kind, rate, seed, epochs, noisy_val, methods = job
@@ -248,7 +254,6 @@ def run_job(job: tuple) -> list[dict]:
                 timed("cleanlab", lambda: cleanlab_scores(d, seed))
     records = []
     for method, v in values.items():
-        report = detection_report(v, d["noisy"])
         curve = discovery_curve(v, d["noisy"])[1]
         records.append(
             dict(
@@ -258,9 +263,7 @@ def run_job(job: tuple) -> list[dict]:
                 rate=rate,
                 seed=seed,
                 method=method,
-                f1=report["detection_f1"],
-                f1_rate=report["f1_at_noise_rate"],
-                auroc=report["auroc"],
+                **measures(v, d["noisy"]),
                 seconds=timings[method],
                 test=scores[method],
                 curve=curve[torch.linspace(0, len(curve) - 1, 101).long()].tolist(),
@@ -359,12 +362,19 @@ def per_dataset_table(rows: list[dict], kind: str) -> list[str]:
     return lines + [""]
 
 
-def summarise(records: list[dict], command: str, seconds: float) -> str:
-    seeds = sorted({r["seed"] for r in records})
-    lines = [
+def run_header(command: str, seconds: float) -> list[str]:
+    """The first lines of a benchmark's section: the command, and when, where and how long it ran."""
+    return [
         f"Command: `{command}`  ",
         f"Run: {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU "
         f"cores, torch {torch.__version__}, {seconds / 60:.0f} min.  ",
+    ]
+
+
+def summarise(records: list[dict], command: str, seconds: float) -> str:
+    seeds = sorted({r["seed"] for r in records})
+    lines = [
+        *run_header(command, seconds),
         f"Cells: mean ± standard error over seeds {seeds} of the metric averaged over datasets and noise rates; "
         "differences are paired by seed.",
         "",

@@ -17,10 +17,8 @@ F1 at the noise rate and AUROC, differences paired by seed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import multiprocessing
 import os
-import platform
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,9 +27,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from detection import KINDS, METRICS, csv_recipe, lossval, make_split, mean_se, write_section  # noqa: E402
-
-from lightning_lossval.metrics import detection_report  # noqa: E402
+from detection import (  # noqa: E402
+    KINDS,
+    METRICS,
+    csv_recipe,
+    lossval,
+    make_split,
+    mean_se,
+    measures,
+    run_header,
+    write_section,
+)
 
 GENERATED = ("2dplanes", "fried", "synthetic", "2dplanes_reg", "fried_reg")
 SOLVES = {"summary": 2000, "exact": None}  # max_support of each solve
@@ -52,7 +58,6 @@ def run_job(job: tuple) -> list[dict]:
             recipe["epochs"] = epochs
         start = time.perf_counter()
         values, _ = lossval(d, seed, recipe)
-        report = detection_report(values, d["noisy"])
         records.append(
             dict(
                 val_rows=val_rows,
@@ -62,9 +67,7 @@ def run_job(job: tuple) -> list[dict]:
                 rate=rate,
                 seed=seed,
                 solve=solve,
-                f1=report["detection_f1"],
-                f1_rate=report["f1_at_noise_rate"],
-                auroc=report["auroc"],
+                **measures(values, d["noisy"]),
                 seconds=time.perf_counter() - start,
             )
         )
@@ -74,9 +77,7 @@ def run_job(job: tuple) -> list[dict]:
 def summarise(records: list[dict], command: str, seconds: float) -> str:
     seeds = sorted({r["seed"] for r in records})
     lines = [
-        f"Command: `{command}`  ",
-        f"Run: {datetime.date.today()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-        f"{seconds / 60:.0f} min.  ",
+        *run_header(command, seconds),
         f"Datasets: {', '.join(sorted({r['dataset'] for r in records}))}; rates "
         f"{', '.join(str(r) for r in sorted({r['rate'] for r in records}))}; seeds {seeds}. Cells: mean ± "
         "standard error over seeds of the metric averaged over datasets and rates; the difference is "
