@@ -287,6 +287,7 @@ class Parts(NamedTuple):
     potentials: Tensor  # [B] the transport potentials (the divergence's gradient in transport_masses)
     ot: Tensor  # S, differentiable in transport_masses
     labels: Tensor | None  # the batch's targets, when the module gives them
+    features: Tensor  # [B, D] the batch's features the transport compares (constants)
     objective: Objective
 
     def value(self) -> Tensor:
@@ -359,5 +360,5 @@ def lossval_objective(
                 c_yy = ground_cost(y, y, solver.p, y_labels, y_labels, scale)
             f, g = debiased_potentials(a, validation.masses, c_xy, c_xx, c_yy, eps_list, validation.potential)
         ot = (a * f).sum() + (validation.masses * g).sum()
-    parts = Parts(weights, masses, a, losses, loss, f, ot, labels, objective)
+    parts = Parts(weights, masses, a, losses, loss, f, ot, labels, x, objective)
     return parts.value() if update is None else update.loss(parts, {} if state is None else state)

@@ -49,7 +49,9 @@ PRESETS: dict[str, Preset] = {
     # annealing schedule (7 instead of 11 Sinkhorn iterations at the usual scales; the values
     # did not get worse), so the validation side is computed once and the per-step diameter
     # sync is gone. Transport evidence only for the rows farther than the batch's average from the
-    # validation data (transport_side="far", 2026-12-01).
+    # validation data (transport_side="far"), and only as far as they stand out from their batch
+    # neighbours, the batch's transport vote scaled by how much of it that leaves (contrast=0.1,
+    # 2026-12-01).
     "default": Preset(Objective(), Balanced()),
     # For users who look for mislabeled rows only: the default with the transport part left out of
     # the weights' step (ot_share=0), so a row's weight follows its loss relative to its batch's.
@@ -132,7 +134,7 @@ def describe(preset: Preset) -> dict[str, Any]:
 
 
 # Fields a rule gained after checkpoints were written without them: the value those weights were learned under.
-ADDED_FIELDS: dict[str, dict[str, Any]] = {"balanced": {"transport_side": "both"}}  # 2026-12-01
+ADDED_FIELDS: dict[str, dict[str, Any]] = {"balanced": {"transport_side": "both", "contrast": 0.0}}
 
 
 def check_resume(saved: dict[str, Any], preset: Preset) -> None:

@@ -8,7 +8,7 @@ save; ``synced`` names the running ones every step averages over the DDP ranks. 
 the names used in configs to the classes. Adding a rule is one class here and its tests.
 
 The kernels are plain functions on tensors: :func:`sparse_adam_step`, :func:`normalized_step`,
-:func:`balanced_direction`, :func:`far_side`, :func:`running_step`.
+:func:`balanced_direction`, :func:`neighbour_contrast`, :func:`far_side`, :func:`running_step`.
 """
 
 from __future__ import annotations
@@ -122,6 +122,15 @@ class Balanced(UpdateRule):
             validation data take transport evidence (:func:`far_side`), so the transport part
             pushes outliers down without lifting the rows in dense regions, mislabeled rows
             among them; ``"both"`` (before 2026-12-01): every row's deviation counts, both ways.
+        contrast: a row's transport evidence is its potential minus the kernel-weighted mean of
+            its batch neighbours' (:func:`neighbour_contrast`, kernel width ``contrast`` times the
+            batch's mean squared distance), so a row far from the validation data counts only as
+            far as it stands out from the training rows near it: a clean row in a sparse region
+            is as far as its neighbours, a row with corrupted features is farther. The batch's
+            transport vote is scaled by the part of its potentials' spread the contrast keeps
+            (at most 1), so a batch whose rows are all as far as their neighbours casts a small
+            one, as the loss part does for a batch whose losses barely differ. ``0``: off (the
+            default before this option existed).
     """
 
     name: ClassVar[str] = "balanced"
@@ -131,9 +140,12 @@ class Balanced(UpdateRule):
     ot_share_max: float = 0.5
     clip: float = 2.0
     transport_side: Literal["far", "both"] = "far"
+    contrast: float = 0.1
 
     def __post_init__(self) -> None:
         _positive_lr(self)
+        if isinstance(self.contrast, bool) or not (isinstance(self.contrast, (int, float)) and self.contrast >= 0):
+            raise ConfigError(f"contrast must be a number >= 0 (0: off), got {self.contrast!r}")
         if self.transport_side not in ("far", "both"):
             raise ConfigError(f"transport_side must be 'far' or 'both', got {self.transport_side!r}")
         share = self.ot_share
@@ -159,14 +171,24 @@ class Balanced(UpdateRule):
         if "loss_scale" not in state:
             raise ConfigError("the balanced update keeps running scales: pass state=Balanced().state(n)")
         k, ot, a, f = parts.objective.exponent, parts.ot.detach(), parts.transport_masses.detach(), parts.potentials
+        tiny = torch.finfo(f.dtype).tiny
         with torch.no_grad():
             mean_loss = parts.loss.detach()
             loss_dev, potential_dev = parts.losses.detach() - mean_loss, f - (a * f).sum()
             # d(L_w * S**k)/dm_i is proportional to S**k * loss_dev_i + k * L_w * S**(k-1) * potential_dev_i
             ratio = k * mean_loss * _rms(potential_dev) / (ot * _rms(loss_dev))
+            kept = 1.0
+            if self.contrast > 0:
+                contrasted = neighbour_contrast(potential_dev, parts.features, self.contrast)
+                # the share of the batch's spread its rows' neighbours leave unexplained: a batch whose rows
+                # are all as far as their neighbours casts a small transport vote
+                kept = (_rms(contrasted - (a * contrasted).sum()) / _rms(potential_dev).clamp_min(tiny)).clamp_max(1)
+                potential_dev = contrasted
             if self.transport_side == "far":
                 potential_dev = far_side(potential_dev, a)
-            direction = balanced_direction(loss_dev, potential_dev, ratio, state, self.ot_share, self.ot_share_max)
+            direction = balanced_direction(
+                loss_dev, potential_dev, ratio, state, self.ot_share, self.ot_share_max, weight=kept
+            )
         surrogate = (parts.weights.float() * direction).sum()  # its gradient in the weights: the direction
         # The network's loss is the masses' weighted mean of its per-sample losses and nothing else: the
         # transport term informs the weights only, so it neither rescales the network's step nor the
@@ -186,6 +208,21 @@ RULES: dict[str, type[UpdateRule]] = {rule.name: rule for rule in (Adam, Normali
 
 def _rms(t: Tensor) -> Tensor:
     return t.pow(2).mean().sqrt()
+
+
+def neighbour_contrast(deviation: Tensor, features: Tensor, width: float = 0.1) -> Tensor:
+    """``deviation`` ``[B]`` minus its kernel-weighted mean over each row's batch neighbours: row ``i``
+    subtracts ``sum_j k_ij d_j / sum_j k_ij`` over ``j != i``, ``k_ij = exp(-|x_i - x_j|**2 / h)`` on
+    ``features`` ``[B, D]``, ``h`` being ``width`` times the batch's mean squared distance (so the
+    kernel does not depend on the features' scale). A batch of one row is returned as it is."""
+    b = features.shape[0]
+    if b < 2:
+        return deviation
+    x = features.to(deviation.dtype)
+    squared = ((x * x).sum(1, keepdim=True) - 2 * x @ x.T + (x * x).sum(1)).clamp_min(0)  # [B, B]
+    h = (width * squared.sum() / (b * (b - 1))).clamp_min(torch.finfo(deviation.dtype).tiny)
+    logits = (-squared / h).fill_diagonal_(-torch.inf)
+    return deviation - torch.softmax(logits, dim=1) @ deviation
 
 
 def far_side(deviation: Tensor, masses: Tensor) -> Tensor:
@@ -216,17 +253,19 @@ def balanced_direction(
     state: dict[str, Tensor],
     share: float | str = "auto",
     share_max: float = 0.5,
+    weight: Tensor | float = 1.0,
 ) -> Tensor:
     """Per-sample direction ``[B]`` of the balanced update (positive: the weight goes down).
 
-    ``loss_dev / A + s * potential_dev / rms(potential_dev)``: ``loss_dev`` ``[B]`` are the
+    ``loss_dev / A + weight * s * potential_dev / rms(potential_dev)``: ``loss_dev`` ``[B]`` are the
     losses minus the batch's weighted mean, ``A`` the running mean of their batch RMS (so a batch
     whose losses barely differ casts a small vote, and one with an outlier a large one);
     ``potential_dev`` ``[B]`` the transport potentials minus their weighted mean, in units of the
     batch's spread. ``s`` is ``share``, or with ``"auto"`` the running mean of ``ratio`` (the
     objective's own ratio of transport to loss part, which is high when the losses have no
-    outliers, i.e. feature rather than label noise) capped at ``share_max``. Updates
-    ``state["loss_scale"]`` and ``state["ratio"]``.
+    outliers, i.e. feature rather than label noise) capped at ``share_max``; ``weight`` scales this
+    batch's transport vote (the balanced rule's neighbour contrast). Updates ``state["loss_scale"]``
+    and ``state["ratio"]``.
     """
     tiny = torch.finfo(loss_dev.dtype).tiny
     loss_rms = _rms(loss_dev)
@@ -234,7 +273,7 @@ def balanced_direction(
     if share == "auto":
         usable = torch.isfinite(ratio) & (ratio > 0)
         share = running_mean(state["ratio"], torch.where(usable, ratio, 0.0), usable).clamp_max(share_max)
-    return loss_dev / scale.clamp_min(tiny) + share * potential_dev / _rms(potential_dev).clamp_min(tiny)
+    return loss_dev / scale.clamp_min(tiny) + weight * share * potential_dev / _rms(potential_dev).clamp_min(tiny)
 
 
 @torch.no_grad()

@@ -108,13 +108,25 @@ def test_balanced_objective_trains_the_network_on_the_weighted_mean_and_balances
     f, _ = debiased_potentials(a, validation.masses, *cost, None, validation.schedule, validation.potential)
     loss_dev, potential_dev = raw - (a * raw).sum(), f - (a * f).sum()
     rms = lambda t: t.pow(2).mean().sqrt()  # noqa: E731
-    far = (potential_dev / rms(potential_dev)).clamp_min(0)  # transport_side="far": only rows beyond average
+    # contrast=0.1: each row's potential deviation minus the Gaussian-kernel mean of the other rows'
+    squared = torch.cdist(x, x) ** 2
+    kernel = torch.exp(-squared / (0.1 * squared.sum() / (B * (B - 1)))).fill_diagonal_(0)
+    contrasted = potential_dev - kernel @ potential_dev / kernel.sum(1)
+    # the batch's transport vote: the part of its spread the contrast keeps
+    kept = (rms(contrasted - (a * contrasted).sum()) / rms(potential_dev)).clamp_max(1)  # 1 in this batch
+    far = (contrasted / rms(contrasted)).clamp_min(0)  # transport_side="far": only rows beyond average
     far = far - (a * far).sum()
-    expected = loss_dev / rms(loss_dev) + 0.5 * far / rms(far)
-    torch.testing.assert_close(b_w_grad, expected, rtol=1e-4, atol=1e-6)
+    expected = loss_dev / rms(loss_dev) + kept * 0.5 * far / rms(far)
+    torch.testing.assert_close(b_w_grad, expected, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(b_w_grad, w_grad)
+    # contrast=0: the potential deviations themselves
+    plain = Balanced(ot_share=0.5, contrast=0)
+    _, plain_grad, _ = run(plain, plain.state(B))
+    far = (potential_dev / rms(potential_dev)).clamp_min(0)
+    far = far - (a * far).sum()
+    torch.testing.assert_close(plain_grad, loss_dev / rms(loss_dev) + 0.5 * far / rms(far), rtol=1e-4, atol=1e-6)
     # transport_side="both": every row's deviation counts, both ways
-    both = Balanced(ot_share=0.5, transport_side="both")
+    both = Balanced(ot_share=0.5, transport_side="both", contrast=0)
     _, both_grad, _ = run(both, both.state(B))
     expected = loss_dev / rms(loss_dev) + 0.5 * potential_dev / rms(potential_dev)
     torch.testing.assert_close(both_grad, expected, rtol=1e-4, atol=1e-6)
@@ -178,6 +190,53 @@ def test_far_side_keeps_transport_evidence_for_rows_beyond_the_average_only():
         Balanced(transport_side="near")
 
 
+def test_neighbour_contrast_keeps_what_a_row_has_beyond_its_neighbours():
+    from lightning_lossval.updates import neighbour_contrast
+
+    # two tight clusters, far apart, and one row off on its own
+    features = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [5.0, 5.0], [5.1, 5.0], [5.0, 5.1], [2.0, 9.0]])
+    # the second cluster is far from the validation data as a whole: all its rows share one deviation
+    deviation = torch.tensor([-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 3.0])
+    out = neighbour_contrast(deviation, features, 0.1)
+    assert out[:6].abs().max().item() < 0.01  # a row as far as its neighbours keeps (almost) nothing
+    assert out[6].item() > 1.5  # the lone row keeps most of what it has beyond the nearest rows
+    # a common shift of every deviation cancels; the features' scale does not matter
+    torch.testing.assert_close(neighbour_contrast(deviation + 7, features, 0.1), out)
+    torch.testing.assert_close(neighbour_contrast(deviation, features * 100, 0.1), out, rtol=1e-4, atol=1e-4)
+    # a wide kernel compares each row with the mean of the others
+    wide = neighbour_contrast(deviation, features, 1e6)
+    torch.testing.assert_close(wide, deviation - (deviation.sum() - deviation) / 6, rtol=1e-4, atol=1e-4)
+    # one row has no neighbours; identical rows share the kernel evenly; nothing is NaN
+    assert neighbour_contrast(torch.tensor([2.0]), torch.zeros(1, 2), 0.1).tolist() == [2.0]
+    same = neighbour_contrast(torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3, 2), 0.1)
+    torch.testing.assert_close(same, torch.tensor([-1.5, 0.0, 1.5]))
+
+
+def test_a_batch_whose_rows_are_as_far_as_their_neighbours_casts_a_small_transport_vote():
+    from lightning_lossval.updates import Balanced
+
+    # two tight clusters; the second far from the validation data, all its rows alike
+    features = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [5.0, 5.0], [5.1, 5.0], [5.0, 5.1]])
+    validation = prepare_validation(torch.tensor([[0.0, 0.0], [0.05, 0.05], [0.1, 0.1]]), None, Objective())
+    losses = torch.tensor([1.0, 1.2, 0.8, 1.1, 0.9, 1.0])
+
+    def direction(features, contrast):
+        rule = Balanced(ot_share=0.5, contrast=contrast)
+        w = torch.ones(6, requires_grad=True)
+        lossval_objective(w, losses, features, validation, Objective(), update=rule, state=rule.state(6)).backward()
+        return w.grad
+
+    plain, contrasted = direction(features, 0.0), direction(features, 0.1)
+    loss_only = (losses - losses.mean()) / (losses - losses.mean()).pow(2).mean().sqrt()
+    # without the contrast the far cluster takes a full transport vote; with it, almost none
+    assert (plain - loss_only).abs().max() > 0.3
+    assert (contrasted - loss_only).abs().max() < 0.05
+    # a row that stands out from its neighbours keeps its vote
+    outlier = features.clone()
+    outlier[4] = torch.tensor([9.0, 1.0])
+    assert direction(outlier, 0.1)[4] - loss_only[4] > 0.3
+
+
 def test_running_step_scales_by_the_running_rms_and_moves_only_the_batch():
     from lightning_lossval.updates import normalized_step, running_step
 
@@ -225,18 +284,25 @@ def test_rules_own_their_options_state_and_store():
         (lambda: Balanced(ot_share=-0.1), "ot_share"),
         (lambda: Balanced(ot_share="half"), "ot_share"),
         (lambda: Balanced(ot_share_max=0.0), "ot_share_max"),
+        (lambda: Balanced(contrast=-0.1), "contrast must be a number >= 0"),
+        (lambda: Balanced(contrast="wide"), "contrast must be a number >= 0"),
         (lambda: Balanced().check(Objective(reduction="sum")), "reduction='normalized'"),
     ):
         with pytest.raises(ConfigError, match=message):
             bad()
 
 
-def test_a_checkpoint_from_before_transport_side_resumes_only_under_the_rule_it_learned_with():
+def test_a_checkpoint_from_before_a_rule_field_existed_resumes_only_under_the_rule_it_learned_with():
     from lightning_lossval.errors import ResumeError
     from lightning_lossval.presets import PRESETS, check_resume, describe, resolve
 
-    older = {k: v for k, v in describe(PRESETS["default"]).items() if k != "transport_side"}
-    with pytest.raises(ResumeError, match=r"\{'transport_side': 'both'\}"):
+    current = describe(PRESETS["default"])
+    oldest = {k: v for k, v in current.items() if k not in ("transport_side", "contrast")}
+    with pytest.raises(ResumeError, match=r"\{'transport_side': 'both', 'contrast': 0.0\}"):
+        check_resume(oldest, PRESETS["default"])
+    check_resume(oldest, resolve({"transport_side": "both", "contrast": 0}))  # the rule they were learned under
+    older = {k: v for k, v in current.items() if k != "contrast"}  # far side, before the contrast
+    with pytest.raises(ResumeError, match=r"\{'contrast': 0.0\}"):
         check_resume(older, PRESETS["default"])
-    check_resume(older, resolve({"transport_side": "both"}))  # the rule those weights were learned under
-    check_resume(describe(PRESETS["default"]), PRESETS["default"])
+    check_resume(older, resolve({"contrast": 0}))
+    check_resume(current, PRESETS["default"])
