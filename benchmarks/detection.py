@@ -222,6 +222,11 @@ def measures(values: torch.Tensor, noisy: torch.Tensor) -> dict[str, float]:
     return dict(f1=report["detection_f1"], f1_rate=report["f1_at_noise_rate"], auroc=report["auroc"])
 
 
+def split_record(name: str, d: dict, kind: str, rate: float, seed: int, values: torch.Tensor, **fields) -> dict:
+    """One valuation's record: its split, what else the caller names (``fields``) and its measures."""
+    return dict(dataset=name, task=d["task"], kind=kind, rate=rate, seed=seed, **fields, **measures(values, d["noisy"]))
+
+
 def run_job(job: tuple) -> list[dict]:
     """The chosen methods on one (dataset, kind, rate, seed); returns one record per method."""
     name, kind, rate, seed, epochs, noisy_val, methods = job
@@ -256,14 +261,14 @@ def run_job(job: tuple) -> list[dict]:
     for method, v in values.items():
         curve = discovery_curve(v, d["noisy"])[1]
         records.append(
-            dict(
-                dataset=name,
-                task=d["task"],
-                kind=kind,
-                rate=rate,
-                seed=seed,
+            split_record(
+                name,
+                d,
+                kind,
+                rate,
+                seed,
+                v,
                 method=method,
-                **measures(v, d["noisy"]),
                 seconds=timings[method],
                 test=scores[method],
                 curve=curve[torch.linspace(0, len(curve) - 1, 101).long()].tolist(),

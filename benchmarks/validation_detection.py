@@ -34,8 +34,8 @@ from detection import (  # noqa: E402
     lossval,
     make_split,
     mean_se,
-    measures,
     run_header,
+    split_record,
     write_section,
 )
 
@@ -58,19 +58,8 @@ def run_job(job: tuple) -> list[dict]:
             recipe["epochs"] = epochs
         start = time.perf_counter()
         values, _ = lossval(d, seed, recipe)
-        records.append(
-            dict(
-                val_rows=val_rows,
-                dataset=name,
-                task=d["task"],
-                kind=kind,
-                rate=rate,
-                seed=seed,
-                solve=solve,
-                **measures(values, d["noisy"]),
-                seconds=time.perf_counter() - start,
-            )
-        )
+        seconds = time.perf_counter() - start
+        records.append(split_record(name, d, kind, rate, seed, values, val_rows=val_rows, solve=solve, seconds=seconds))
     return records
 
 

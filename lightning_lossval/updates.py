@@ -21,6 +21,7 @@ from torch import Tensor
 
 from lightning_lossval.errors import ConfigError
 from lightning_lossval.objective import Objective, Parts, class_balanced, weighted_loss
+from lightning_lossval.sinkhorn import cost_matrix
 
 RUNNING_BETA = 0.99
 """Memory of the running means (about 100 steps), bias-corrected like Adam's."""
@@ -219,9 +220,9 @@ def neighbour_contrast(deviation: Tensor, features: Tensor, width: float = 0.1) 
     if b < 2:
         return deviation
     x = features.to(deviation.dtype)
-    squared = ((x * x).sum(1, keepdim=True) - 2 * x @ x.T + (x * x).sum(1)).clamp_min(0)  # [B, B]
-    h = (width * squared.sum() / (b * (b - 1))).clamp_min(torch.finfo(deviation.dtype).tiny)
-    logits = (-squared / h).fill_diagonal_(-torch.inf)
+    half_squared = cost_matrix(x, x, 2).clamp_min(0)  # [B, B], |x_i - x_j|**2 / 2
+    h = (width * half_squared.sum() / (b * (b - 1))).clamp_min(torch.finfo(deviation.dtype).tiny)
+    logits = (-half_squared / h).fill_diagonal_(-torch.inf)  # the same kernel: h scales with the cost
     return deviation - torch.softmax(logits, dim=1) @ deviation
 
 
