@@ -3,11 +3,13 @@
 What it does, in hook order:
 
 - ``setup``: refuses strategies it cannot keep correct (FSDP, DeepSpeed, ``ddp_spawn`` /
-  ``ddp_fork``); creates ``N`` new weights (ones) in a store (``lightning_lossval.stores``);
-  patches the module (``lightning_lossval.patching``) so that ``training_step`` gets the batch
-  without indices while :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the
-  batch's LossVal loss. ``teardown`` and ``on_exception`` undo every patch, so a failed fit
-  leaves the module as it was and a later fit starts afresh.
+  ``ddp_fork``). Right after the module's own ``setup`` (which Lightning calls after the
+  callbacks', and where a module may build the datasets its loaders serve): creates ``N`` new
+  weights (ones) in a store (``lightning_lossval.stores``) and patches the module
+  (``lightning_lossval.patching``) so that ``training_step`` gets the batch without indices while
+  :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the batch's LossVal loss.
+  ``teardown`` and ``on_exception`` undo every patch, so a failed fit leaves the module as it
+  was and a later fit starts afresh.
 - ``on_fit_start``: the dense store joins the user's optimizer; the validation features are
   computed once (in eval mode), or at every epoch start when the module sets
   ``lossval_refresh_validation`` (features from the network). Training steps before it (a
@@ -192,9 +194,13 @@ class LossValCallback(Callback):
                 "class and reduce the per-sample losses in training_step with self.lossval_loss(losses)"
             )
         _check_strategy(trainer)
+        patching.after_setup(pl_module, lambda: self._new_store(trainer, pl_module))
+        self._fitting, self._started = True, False
+
+    def _new_store(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """``N`` new weights for this fit, and the module patched to use them."""
         self._store = new_store(_count_train_samples(trainer), self.preset.update, self.sparse, pl_module.device)
         patching.patch(pl_module, self, self._training_step, None if self._store.sparse else self._store.weights)
-        self._fitting, self._started = True, False
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -228,7 +234,8 @@ class LossValCallback(Callback):
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
-        if every and trainer.global_step % every == 0:
+        if every and trainer.global_step % every == 0:  # every rank holds the same weights: all raise together
+            check_finite(self._store.values(), f"step {trainer.global_step}", self.preset.update)
             self._log(trainer)
 
     @override
@@ -282,7 +289,7 @@ class LossValCallback(Callback):
             output = step(batch.data, *args, **kwargs)
         finally:
             self._step, self.in_training_step = None, False
-        if self._calls == 0:
+        if self._calls == 0 and output is not None:  # None: the step skips this batch, as Lightning allows
             raise ConfigError(
                 "training_step did not call self.lossval_loss(per_sample_losses): LossVal needs one loss per "
                 "sample; compute the loss with reduction='none' and return self.lossval_loss(losses)"

@@ -2,7 +2,9 @@
 
 Everything is set on the module *instance* (its class stays untouched) and listed under one
 attribute, so :func:`restore` removes exactly what :func:`patch` added; ``patch`` first restores
-what a fit that ended in an exception may have left. Patched, for every store:
+what a fit that ended in an exception may have left. Before the store exists, :func:`after_setup`
+wraps the module's ``setup`` for one call, so the store is made once the module's own ``setup``
+has built what its loaders need. Patched, for every store:
 
 - ``training_step``: receives the batch without its indices while the callback keeps them;
 - the batch-transfer hooks the module overrides: they see the inner batch of ``Indexed``;
@@ -54,6 +56,24 @@ def patch(pl_module: LightningModule, hook: LossValHook, training_step: Callable
             names.append(name)
     setattr(pl_module, HOOK, hook)
     pl_module.__dict__[PATCHED] = names
+
+
+def after_setup(pl_module: LightningModule, then: Callable[[], None]) -> None:
+    """Call ``then()`` right after ``pl_module``'s own next ``setup``, once. Lightning calls the
+    callbacks' ``setup`` before the module's, and a module may build the datasets its loaders
+    serve there, so what needs the training data waits for it."""
+    restore(pl_module)
+    setup = pl_module.setup
+
+    @functools.wraps(setup)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        pl_module.__dict__.pop("setup", None)
+        result = setup(*args, **kwargs)
+        then()
+        return result
+
+    pl_module.__dict__["setup"] = wrapped
+    pl_module.__dict__[PATCHED] = ["setup"]
 
 
 def restore(pl_module: LightningModule) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor
@@ -23,7 +22,7 @@ from lightning_lossval.report import (
     weight_histogram,
     weight_stats,
 )
-from lightning_lossval.validation import eval_mode
+from lightning_lossval.validation import as_step_batch, eval_mode
 
 
 def log_weights(trainer: Trainer, weights: Tensor) -> None:
@@ -123,5 +122,5 @@ def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_si
     train = trainer.train_dataloader
     loader = DataLoader(train.dataset, batch_size=batch_size, collate_fn=train.collate_fn)
     with eval_mode(pl_module):
-        parts = [pl_module.lossval_predict(move_data_to_device(b.data, pl_module.device)).cpu() for b in loader]
+        parts = [pl_module.lossval_predict(as_step_batch(b.data, trainer, pl_module)).cpu() for b in loader]
     return torch.cat(parts)

@@ -18,7 +18,6 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch import Tensor
@@ -108,7 +107,10 @@ def validation_data(
     ``val_data`` is a feature tensor, an ``(inputs, targets)`` tuple or list of tensors, a ``Dataset``
     or a ``DataLoader`` (or a list of them) whose batches go through the module's
     ``lossval_features`` (and ``lossval_targets``), or ``None`` for the loaders the fit validates on
-    (see the module docstring). At least :data:`MIN_VALIDATION_ROWS` rows.
+    (see the module docstring). Batches reach ``lossval_features`` as training batches reach
+    ``training_step``: through the module's and the DataModule's batch-transfer hooks
+    (``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``), so
+    both sides are compared in the same representation. At least :data:`MIN_VALIDATION_ROWS` rows.
     """
     data, origin = fit_validation(trainer) if val_data is None else (val_data, "val_data")
     parts = validation_parts(data, origin)
@@ -121,16 +123,23 @@ def validation_data(
     features: list[Tensor] = []
     targets: list[Tensor | None] = []
     with eval_mode(pl_module), torch.no_grad():  # features from the network: no BatchNorm updates
-        for part in parts:
+        for loader_index, part in enumerate(parts):
             if isinstance(part, Tensor):
                 features.append(_rows(part))
                 targets.append(None)
                 continue
             for batch in part:
-                batch = move_data_to_device(batch, pl_module.device)
+                batch = as_step_batch(batch, trainer, pl_module, loader_index)
                 features.append(_rows(pl_module.lossval_features(batch)))
                 targets.append(pl_module.lossval_targets(batch) if with_labels else None)
     return _checked(features, targets, with_labels, origin, pl_module.device)
+
+
+def as_step_batch(batch: Any, trainer: Trainer, pl_module: LightningModule, loader_index: int = 0) -> Any:
+    """``batch`` as a step receives it: through the module's and DataModule's batch-transfer hooks and
+    onto the module's device, as Lightning's loops pass it on."""
+    batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=loader_index)
+    return trainer.strategy.batch_to_device(batch, dataloader_idx=loader_index)
 
 
 def _rows(features: Tensor) -> Tensor:

@@ -443,3 +443,23 @@ def test_embedding_space_needs_validation_inputs(tmp_path):
 def test_unknown_lossval_space_is_refused():
     with pytest.raises(ConfigError, match=r"lossval_space must be one of \('inputs', 'embedding'\), got 'pixels'"):
         MLP(lossval_space="pixels")
+
+
+def test_non_finite_weights_at_a_logged_step_get_the_error_that_names_the_cause(tmp_path):
+    class NanFromStepTwo(Net):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            losses = F.cross_entropy(self(x), y, reduction="none")
+            return self.lossval_loss(losses * float("nan") if batch_idx >= 1 else losses)
+
+    # the paper's dense Adam takes the NaN gradient; the histogram of the logged step is not drawn from NaN
+    callback = LossValCallback(objective="paper", show=0)
+    with pytest.raises(FloatingPointError, match=r"LossVal weights are NaN or inf \(step 2\): this objective trains"):
+        fit(
+            tmp_path,
+            NanFromStepTwo(),
+            epochs=1,
+            callback=callback,
+            logger=TensorBoardLogger(tmp_path),
+            log_every_n_steps=1,
+        )

@@ -289,3 +289,50 @@ def test_runs_without_a_logger_keep_their_own_values_files(tmp_path, capsys):
     assert not list(tmp_path.glob("values.*"))
     printed = capsys.readouterr().out
     assert all(f"values of all samples: {path}" in printed for path in paths)
+
+
+class OwnData(Net):
+    """Builds its datasets in ``setup`` and serves its own loaders: Lightning calls the module's
+    ``setup`` after the callbacks', so the callback must not read the loaders before it."""
+
+    def setup(self, stage):
+        x, y = blobs(500)
+        self.train_set, self.val_set = TensorDataset(x[:400], y[:400]), TensorDataset(x[400:], y[400:])
+
+    def train_dataloader(self):
+        return index_dataloader(DataLoader(self.train_set, batch_size=32, shuffle=True))
+
+    def val_dataloader(self):
+        return DataLoader(self.val_set, batch_size=64)
+
+
+@STORES
+def test_a_module_that_builds_its_data_in_setup_fits(tmp_path, objective):
+    model = OwnData()
+    callback = LossValCallback(objective=objective, show=0)
+    L.seed_everything(0, verbose=False)
+    trainer(tmp_path, callback, epochs=1).fit(model)  # no data given: the module's own loaders
+    assert callback.values.shape == (400,) and torch.isfinite(callback.values).all()
+    assert int(callback.visits.sum()) == 400 and (callback.values != 1).any()
+    assert_unpatched(model)
+    assert "setup" not in model.__dict__
+
+
+class SkipsBatchOne(Net):
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            return None  # Lightning skips the batch: no backward, no LossVal loss
+        return super().training_step(batch, batch_idx)
+
+
+@STORES
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`")
+def test_a_training_step_returning_none_skips_its_batch(tmp_path, objective):
+    x, y = blobs(500)
+    loader = index_dataloader(DataLoader(TensorDataset(x[:400], y[:400]), batch_size=32))  # in order
+    callback = LossValCallback(val_data=x[400:], objective=objective, show=0)
+    fit(tmp_path, SkipsBatchOne(), callback, loader, epochs=1, limit_train_batches=3)
+    visits = torch.zeros(400, dtype=torch.long)
+    visits[:32] = visits[64:96] = 1  # batches 0 and 2; batch 1 was skipped
+    assert torch.equal(callback.visits, visits)
+    assert (callback.values[32:64] == 1).all() and (callback.values[:32] != 1).any()

@@ -220,3 +220,35 @@ def test_squeezed_regression_losses_train():
         model=Regressor("squeezed"), train_dataloaders=train_loader(data), val_dataloaders=DataLoader(data.val_set)
     )
     assert torch.isfinite(cb.values).all() and (cb.values != 1).any()
+
+
+# --------------------------------------------------------------------------- batch-transfer hooks
+
+
+class RawUnits(Net):
+    """Standardises its raw inputs in a batch hook, as many projects do: the training step, the
+    validation features and the predictions must all see the standardised rows."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        return (x - 50) / 10, y
+
+    def lossval_predict(self, batch):
+        return self(batch[0]).argmax(1)
+
+
+class RawUnitsData(BlobData):
+    def __init__(self):
+        super().__init__(noise_rate=0.0)
+        for name in ("train_set", "val_set"):
+            x, y = getattr(self, name).tensors
+            setattr(self, name, TensorDataset(x * 10 + 50, y))
+
+
+def test_validation_batches_and_predictions_pass_the_batch_hooks_like_training_batches():
+    data = RawUnitsData()
+    callback = fit(RawUnits(), epochs=3, train_dataloaders=train_loader(data), val_dataloaders=data.val_dataloader())
+    x_val = data.val_set.tensors[0]
+    assert torch.allclose(callback._validation.features, (x_val - 50) / 10, atol=1e-5)
+    predictions = torch.tensor(callback.columns["prediction"])
+    assert (predictions == data.train_set.tensors[1]).float().mean() > 0.9  # raw rows would be predicted at chance
