@@ -59,11 +59,12 @@ def swap_targets(targets: Tensor, rate: float, seed: int = 0) -> tuple[Tensor, T
     """Give each of a ``rate`` fraction of rows of ``targets`` ``[N, ...]`` the target of another chosen row.
 
     Label noise for regression: the chosen targets move along one random cycle, so the set of
-    values is kept and no chosen row keeps its own (a lone chosen row has nothing to swap with).
-    Returns ``(noisy_targets, mask)``.
+    values is kept. Returns ``(noisy_targets, mask)``; the mask holds the rows whose target
+    changed, not those that drew a value equal to their own (ties, frequent in integer or rounded
+    targets) or had nothing to swap with (a lone chosen row).
     """
     mask = choose_rows(len(targets), rate, seed)
-    return _swap_rows(targets, mask, seed), mask
+    return _swap_rows(targets, mask, seed)
 
 
 def inject_noise(
@@ -74,7 +75,8 @@ def inject_noise(
     ``kind``: ``"none"``, ``"label"`` (:func:`flip_labels` with ``num_classes``, or :func:`swap_targets`
     when ``num_classes`` is None, i.e. regression), ``"feature"`` (:func:`add_feature_noise`, scale 1)
     or ``"mixed"`` (half of the chosen rows, rounded up, get label noise, the others feature noise).
-    Returns ``(features, targets, mask)`` with ``mask`` a ``[N]`` bool tensor of corrupted rows.
+    Returns ``(features, targets, mask)`` with ``mask`` a ``[N]`` bool tensor of the rows that
+    were changed (a regression swap can leave a chosen row's target as it was: :func:`swap_targets`).
     """
     if kind not in NOISE_KINDS:
         raise ValueError(f"noise kind must be one of {', '.join(NOISE_KINDS)}, got {kind!r}")
@@ -96,7 +98,8 @@ def inject_noise(
     label_mask = torch.zeros(n, dtype=torch.bool)
     label_mask[rows[: (len(rows) + 1) // 2]] = True
     if num_classes is None:
-        targets = _swap_rows(targets, label_mask, seed)
+        targets, swapped = _swap_rows(targets, label_mask, seed)
+        mask = mask & (swapped | ~label_mask)
     else:
         shift = torch.randint(1, num_classes, (n,), generator=_generator(seed, _SHIFT))
         targets = torch.where(label_mask, (targets + shift) % num_classes, targets)
@@ -105,9 +108,10 @@ def inject_noise(
     return features + noise.to(features.dtype) * feature_mask, targets, mask
 
 
-def _swap_rows(targets: Tensor, mask: Tensor, seed: int) -> Tensor:
+def _swap_rows(targets: Tensor, mask: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+    """The masked rows' targets moved along one seeded cycle, and the ``[N]`` mask of rows that changed."""
     rows = mask.nonzero().flatten()
     cycle = rows[torch.randperm(len(rows), generator=_generator(seed, _CYCLE))]
     out = targets.clone()
     out[cycle] = targets[cycle.roll(1)]
-    return out
+    return out, (out != targets).reshape(len(targets), -1).any(dim=1)

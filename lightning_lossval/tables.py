@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from typing import Any, NamedTuple
 
 import torch
@@ -113,14 +114,16 @@ def read_parquet(path: str) -> Table:
             f'reading {path} needs pyarrow, which is not installed: pip install "lightning-lossval[parquet]"'
         ) from None
     try:
-        columns = pq.read_table(path).to_pydict()
+        table = pq.read_table(path)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; check the path given as --data.train_csv / --data.val_csv") from None
     except Exception as e:  # pyarrow's ArrowInvalid and kin: not a Parquet file
         raise DataError(
             f"cannot read {path} as Parquet ({e}); give a Parquet file, or a CSV without that suffix"
         ) from None
-    return _from_columns(path, columns)
+    # pandas writes an unnamed index (a filtered frame's row labels) as __index_level_N__ columns: not data
+    kept = [name for name in table.column_names if not re.fullmatch(r"__index_level_\d+__", name)]
+    return _from_columns(path, table.select(kept).to_pydict())
 
 
 def read_frame(frame: Any, source: str) -> Table:
@@ -249,7 +252,10 @@ def encode_features(
         else:
             is_categorical = column in categorical
         if is_categorical:
-            categories = sorted_values(set(values))
+            columns = [values, val.column(column)]
+            if all(to_float(v) is not None for v in values):  # category codes: "2" and "2.0" are one category
+                columns = [number_names(c) for c in columns]
+            categories = sorted_values(set(columns[0]))
             if categorical is None and len(categories) > max(MAX_AUTO_CATEGORIES, len(values) // 2):
                 raise DataError(
                     f"column {column!r} of {train.source} looks like an id or free text ({len(categories)} distinct "
@@ -258,7 +264,7 @@ def encode_features(
                     f"it out with --data.drop_columns [{column}], or list it under --data.categorical to encode it"
                 )
             index = {c: i for i, c in enumerate(categories)}
-            blocks.append(tuple(_one_hot(t.column(column), index) for t in (train, val)))
+            blocks.append(tuple(_one_hot(c, index) for c in columns))
             names += [f"{column}={c}" for c in categories]
         else:
             advice = f"fix it or list {column!r} under data.categorical"
@@ -295,6 +301,13 @@ def to_float(text: str) -> float | None:
     except ValueError:
         return None
     return number if math.isfinite(number) else None
+
+
+def number_names(values: list[str]) -> list[str]:
+    """One spelling per number (``"1.0"``, ``"1e0"`` -> ``"1"``; ``"2.50"`` -> ``"2.5"``), so numeric classes and
+    category codes written in several ways stay one; a value that is not a number is kept as it is."""
+    numbers = [to_float(v) for v in values]
+    return [v if x is None else str(int(x)) if x.is_integer() else repr(x) for v, x in zip(values, numbers)]
 
 
 def mean_std(values: Tensor) -> tuple[float, float]:

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -26,6 +27,7 @@ from lightning_lossval.tables import (
     listing,
     load_builtin,
     mean_std,
+    number_names,
     parse_numbers,
     read_frame,
     read_table,
@@ -127,6 +129,11 @@ class TabularDataModule(LightningDataModule):
         if not 0.0 <= noise_rate <= 1.0:
             raise DataError(
                 f"--data.noise_rate is the fraction of training rows to corrupt, within [0, 1]; got {noise_rate}"
+            )
+        if noise == "none" and noise_rate > 0:
+            rank_zero_warn(
+                f"--data.noise_rate {noise_rate} corrupts nothing with --data.noise none; name a kind: "
+                "--data.noise label, feature or mixed"
             )
         if val_csv is None and val_df is None and not 0.0 < val_fraction < 1.0:
             raise DataError(
@@ -281,6 +288,9 @@ class TabularDataModule(LightningDataModule):
             self._target_mean, self._target_std = mean_std(y_train)
             return y_train[:, None], y_val[:, None]
 
+        val_values = val.column(name)
+        if all(to_float(v) is not None for v in values):  # numeric classes: "1", "1.0" and "1e0" are one class
+            values, val_values = number_names(values), number_names(val_values)
         self.classes = sorted_values(set(values))
         if len(self.classes) < 2:
             raise DataError(
@@ -288,10 +298,10 @@ class TabularDataModule(LightningDataModule):
                 "classification needs at least two: check that --data.target names the right column"
             )
         index = {c: i for i, c in enumerate(self.classes)}
-        for value, line in zip(val.column(name), val.lines):
+        for value, line in zip(val_values, val.lines):
             if value not in index:
                 raise DataError(
                     f"{val.at(line)}: target {value!r} is not one of the {len(self.classes)} training classes "
                     f"({listing(self.classes)}); remove such validation rows or add training rows of that class"
                 )
-        return tuple(torch.tensor([index[v] for v in t.column(name)], dtype=torch.long) for t in (train, val))
+        return tuple(torch.tensor([index[v] for v in t], dtype=torch.long) for t in (values, val_values))

@@ -325,6 +325,20 @@ def test_noise_functions_directly():
         inject_noise("gaussian", features, targets, 0.5)
 
 
+@pytest.mark.parametrize("kind", ["label", "mixed"])
+def test_regression_swaps_mark_only_the_rows_they_changed(kind):
+    # integer targets with many ties (years of schooling, say): a swap among equal values changes nothing
+    targets = (torch.arange(400) % 3).float()[:, None]
+    features = torch.zeros(400, 2)
+    x, y, mask = inject_noise(kind, features, targets, 0.2, seed=1)
+    changed = (y != targets).flatten() | (x != features).any(1)
+    assert torch.equal(mask, changed)
+    chosen = 80 if kind == "label" else 80 // 2  # the rows drawn for a swap; about a third draw their own value
+    assert 0 < chosen - int((y != targets).sum()) < chosen / 2
+    lone, lone_mask = swap_targets(torch.arange(400.0)[:, None], 1 / 400, seed=0)  # one chosen row: nothing to swap
+    assert not lone_mask.any() and torch.equal(lone, torch.arange(400.0)[:, None])
+
+
 def test_builtin_digits_and_diabetes():
     digits = prepared(builtin="digits")
     assert len(digits.train_set) + len(digits.val_set) == 1797 and len(digits.val_set) == round(0.1 * 1797)
@@ -473,3 +487,40 @@ def test_long_lists_in_messages_are_cut(tmp_path):
     gaps = write_csv(tmp_path / "g.csv", ["x", "y"], [[str(i), "" if i < 14 else str(i % 2)] for i in range(30)])
     with pytest.raises(DataError, match=r"14 row\(s\) of .*g.csv \(lines 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, \.\.\. and 4"):
         prepared(train_csv=gaps, target="y", val_fraction=0.2)
+
+
+def test_numbers_spelled_two_ways_are_one_class_and_one_category(tmp_path):
+    # concatenated exports write the same class or code as 1 and 1.0
+    rows = [[f"r{i}", f"{i % 7}", ["2", "2.0", "3"][i % 3], ["0", "1", "0.0", "1.0"][i % 4]] for i in range(40)]
+    val_rows = [["v0", "1", "2.00", "1.0"], ["v1", "2", "3", "0"]]
+    dm = prepared(
+        train_csv=write_csv(tmp_path / "t.csv", HEADER, rows),
+        val_csv=write_csv(tmp_path / "v.csv", HEADER, val_rows),
+        target="label",
+        id_column="id",
+        categorical=["color"],
+    )
+    assert dm.classes == ["0", "1"] and dm.feature_names == ["size", "color=2", "color=3"]
+    y = dm.train_set.tensors[1]
+    assert torch.equal(y, torch.tensor([[0, 1, 0, 1][i % 4] for i in range(40)]))
+    x_val, y_val = dm.val_set.tensors
+    assert torch.equal(y_val, torch.tensor([1, 0])) and torch.equal(
+        x_val[:, 1:], torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    )
+
+
+def test_a_noise_rate_without_a_kind_warns(tmp_path):
+    with pytest.warns(UserWarning, match=r"--data.noise_rate 0.1 corrupts nothing with --data.noise none"):
+        assert noise_data(tmp_path, noise_rate=0.1).noisy_mask is None  # no noise: no mask
+
+
+def test_a_parquet_file_from_a_filtered_frame_has_no_index_column(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame(animal_rows(40), columns=HEADER)
+    frame["size"] = frame["size"].astype(float)
+    path = tmp_path / "t.parquet"
+    frame[frame["size"] > 5].to_parquet(path)  # the row labels left after filtering: an unnamed index
+    assert "__index_level_0__" in __import__("pyarrow.parquet").parquet.read_schema(path).names
+    dm = prepared(train_csv=str(path), target="label", id_column="id")
+    assert dm.feature_names == ["size", "color=blue", "color=green", "color=red"]
