@@ -63,6 +63,7 @@ from lightning_lossval.run_report import (
     noisy_mask,
     print_report,
     row_columns,
+    save_values_somewhere,
     values_dir,
 )
 from lightning_lossval.stores import (
@@ -254,7 +255,7 @@ class LossValCallback(Callback):
         self.columns = {**row_columns(trainer, pl_module, self._noisy), "visits": self.visits.tolist()}
         values = check_finite(self.values, "export", self.preset.update)
         if directory is not None:
-            self.values_path = save_values(directory, values, self.columns)
+            self.values_path = save_values_somewhere(directory, values, self.columns)
         print_report(trainer, values, self.columns, self.show, self._noisy, self.values_path)
 
     @override

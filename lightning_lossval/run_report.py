@@ -3,11 +3,13 @@ files go, the final printout."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
 
@@ -18,6 +20,7 @@ from lightning_lossval.report import (
     format_metrics,
     format_table,
     next_version_dir,
+    save_values,
     values_table,
     weight_histogram,
     weight_stats,
@@ -76,8 +79,29 @@ def values_dir(trainer: Trainer) -> Path:
     A collective under DDP: every rank calls it, rank zero decides."""
     directory = trainer.loggers[0].log_dir if trainer.loggers else None
     if directory is None and trainer.is_global_zero:
-        directory = str(next_version_dir(Path(trainer.default_root_dir) / "lossval"))
+        root = Path(trainer.default_root_dir) / "lossval"
+        try:
+            directory = str(next_version_dir(root))
+        except OSError:  # writing there fails too, and the values go elsewhere (save_values_somewhere)
+            directory = str(root)
     return Path(trainer.strategy.broadcast(directory))
+
+
+def save_values_somewhere(directory: Path, values: Tensor, columns: dict[str, list]) -> Path:
+    """:func:`~lightning_lossval.report.save_values` into ``directory``, or, when that cannot be written
+    (a file in the way, no permission, a full disk), into a new temporary directory, with a warning: a
+    finished fit never loses its values."""
+    try:
+        return save_values(directory, values, columns)
+    except OSError as error:
+        fallback = Path(tempfile.mkdtemp(prefix="lossval-values-"))
+        path = save_values(fallback, values, columns)
+        rank_zero_warn(
+            f"LossVal could not write its values files into {directory} ({error.strerror or error}: "
+            f"{error.filename or directory}); they are in {fallback} instead. Give a writable "
+            "--trainer.default_root_dir (or logger save_dir) next time"
+        )
+        return path
 
 
 def print_report(

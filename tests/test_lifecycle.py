@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 import signal
 
 import lightning as L
@@ -336,3 +337,16 @@ def test_a_training_step_returning_none_skips_its_batch(tmp_path, objective):
     visits[:32] = visits[64:96] = 1  # batches 0 and 2; batch 1 was skipped
     assert torch.equal(callback.visits, visits)
     assert (callback.values[32:64] == 1).all() and (callback.values[:32] != 1).any()
+
+
+def test_values_that_cannot_be_written_where_asked_go_to_a_temporary_directory(tmp_path, capsys):
+    (tmp_path / "lossval").write_text("a file where the values directory would go")
+    callback = LossValCallback(show=3)
+    with pytest.warns(UserWarning, match=r"could not write its values files into .*lossval.*; they are in .* instead"):
+        fit(tmp_path, Net(), callback, epochs=1)
+    assert callback.values_path.parent.name.startswith("lossval-values-")
+    with open(callback.values_path) as f:
+        assert len(list(csv.DictReader(f))) == 400
+    assert torch.equal(torch.load(callback.values_path.with_suffix(".pt")), callback.values)
+    assert f"values of all samples: {callback.values_path}" in capsys.readouterr().out
+    shutil.rmtree(callback.values_path.parent)
