@@ -7,8 +7,8 @@
 
 The DataModule is wrapped in ``IndexedDataModule`` automatically and the callback counts the
 training samples itself. A ``LossValCallback`` listed under ``trainer.callbacks`` replaces the
-``lossval:`` key (setting both is refused). Bad data ends with ``lossval: error: ...`` and
-exit status 2.
+``lossval:`` key (setting both is refused). Bad data, an unknown option or config key and a value
+of the wrong type end with ``lossval: error: ...`` and exit status 2.
 
 Your own model takes the data's sizes as init parameters: the CLI fills ``num_features``
 (``num_inputs``), ``num_classes``, ``num_outputs`` and ``task`` from the DataModule's attributes
@@ -67,7 +67,9 @@ class LossValCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         description = "Value every training sample with LossVal. The shipped configs: lossval configs."
-        kwargs.setdefault("parser_kwargs", {"description": description})
+        # a bad option or config key raises (main prints it as lossval: error:) instead of printing the whole usage
+        quiet = {name: {"exit_on_error": False} for name in self.subcommands()}
+        kwargs.setdefault("parser_kwargs", {"description": description, "exit_on_error": False, **quiet})
         super().__init__(*args, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -208,6 +210,10 @@ def main(args: list[str] | None = None) -> None:
         if args is None:  # LightningCLI reads the command line itself (it warns about args= with one)
             sys.argv[1:] = resolved
         LossValCLI(args=None if args is None else resolved)
+    except argparse.ArgumentError as error:  # an unknown option or config key, a value of the wrong type
+        subcommand = given[0] if given and not given[0].startswith("-") else "fit"
+        print(f"lossval: error: {error}\n(lossval {subcommand} --help lists the options)", file=sys.stderr)
+        sys.exit(2)
     except Exception as error:
         user_error = _user_error(error)
         if user_error is None:

@@ -193,7 +193,21 @@ def test_unknown_config_key_and_the_console_script(tmp_path):
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert "learning_rate" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith("lossval: error: ") and "learning_rate" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "usage:" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [(["--data.noise_rat", "0.1"], "noise_rat"), (["--lossval.show", "many"], "show"), (["--bogus", "1"], "bogus")],
+)
+def test_unknown_options_and_wrong_types_end_with_one_error_line(tmp_path, capsys, option, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "default.yaml"), *option, *one_epoch(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lossval: error: ") and message in err and "usage:" not in err, err
+    assert err.rstrip().endswith("(lossval fit --help lists the options)")
 
 
 def test_print_config_shows_the_lossval_key(capsys):
