@@ -137,6 +137,8 @@ class LossValCallback(Callback):
     ) -> None:
         self.preset = resolve(objective, update, lr)
         check_store(self.preset.update, sparse)
+        if isinstance(show, bool) or not isinstance(show, int) or show < 0:
+            raise ConfigError(f"show is how many of the lowest-valued rows to print, a whole number >= 0; got {show!r}")
         self.val_data = val_data
         self.optimizer_index = optimizer_index
         self.log_every_n_steps = log_every_n_steps

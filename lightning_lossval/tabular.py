@@ -135,6 +135,8 @@ class TabularDataModule(LightningDataModule):
                 f"--data.noise_rate {noise_rate} corrupts nothing with --data.noise none; name a kind: "
                 "--data.noise label, feature or mixed"
             )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise DataError(f"--data.batch_size is the number of rows per training batch, >= 1; got {batch_size!r}")
         if val_csv is None and val_df is None and not 0.0 < val_fraction < 1.0:
             raise DataError(
                 f"--data.val_fraction must be strictly between 0 and 1, got {val_fraction}; "

@@ -463,3 +463,9 @@ def test_non_finite_weights_at_a_logged_step_get_the_error_that_names_the_cause(
             logger=TensorBoardLogger(tmp_path),
             log_every_n_steps=1,
         )
+
+
+@pytest.mark.parametrize("show", [-5, 2.5, True])
+def test_show_must_be_a_whole_number_of_rows(show):
+    with pytest.raises(ConfigError, match=rf"show is how many of the lowest-valued rows to print, .*; got {show!r}"):
+        LossValCallback(show=show)

@@ -241,6 +241,7 @@ def error_cases(tmp_path):
         (dict(train_csv=ok, target="label", noise="label", noise_rate=1.5), r"--data.noise_rate .* within \[0, 1\]"),
         (dict(train_csv=ok, target="label", val_fraction=1.0), r"--data.val_fraction must be strictly between 0 and 1"),
         (dict(train_csv=ok, target="label", task="ranking"), r"--data.task must be one of auto"),
+        (dict(train_csv=ok, target="label", batch_size=0), r"--data.batch_size is the number of rows .*; got 0"),
     ]
 
 
