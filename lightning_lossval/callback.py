@@ -217,7 +217,10 @@ class LossValCallback(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._store.start(trainer, _optimizer(trainer, self.optimizer_index))
+        optimizer = _optimizer(trainer, self.optimizer_index)
+        if not (self._store.sparse or pl_module.automatic_optimization):
+            _check_manual_schedulers(trainer, optimizer)
+        self._store.start(trainer, optimizer)
         self._prepare_validation(trainer, pl_module)
         self._noisy = noisy_mask(self.noisy_mask, trainer, self._store.numel())
         self._checked_shapes = False
@@ -354,6 +357,18 @@ def _optimizer(trainer: Trainer, index: int) -> Any:
             "optimizer or set optimizer_index"
         )
     return trainer.optimizers[index]
+
+
+def _check_manual_schedulers(trainer: Trainer, optimizer: Any) -> None:
+    """Refuse LR schedulers of the optimizer the dense weights join under manual optimization: the
+    user's ``scheduler.step()`` would change the weights' learning rate, or fail on their group."""
+    stepped = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+    if stepped:
+        raise ConfigError(
+            f"with manual optimization your {', '.join(stepped)} steps the optimizer that the weights of this "
+            "objective join as a param group, so it would change their learning rate or fail on it; use "
+            "objective='default' (its weights stay out of your optimizer), or automatic optimization"
+        )
 
 
 def _check_strategy(trainer: Trainer) -> None:

@@ -12,9 +12,10 @@ has built what its loaders need. Patched, for every store:
 
 For the dense store only: its weights become the parameter ``lossval_weights`` (registered
 before any strategy wraps the module, so DDP broadcasts and all-reduces it) and a param group of
-the user's optimizer; ``lr_scheduler_step`` and ``configure_gradient_clipping`` run with that
-group hidden, so schedulers built before it existed neither crash on it (LambdaLR, OneCycleLR
-keep per-group lists) nor change its lr, and clipping leaves its gradient alone. :func:`restore`
+the user's optimizer; ``lr_scheduler_step`` and ``clip_gradients`` (which Lightning's clipping
+and a manual-optimization step call) run with that group hidden, so schedulers built before it
+existed neither crash on it (LambdaLR, OneCycleLR keep per-group lists) nor change its lr, and
+clipping leaves its gradient alone. :func:`restore`
 takes the parameter off again: after fit the module's state dict is the user's own.
 """
 
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 from lightning.pytorch import LightningModule
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
@@ -43,7 +45,7 @@ def patch(pl_module: LightningModule, hook: LossValHook, training_step: Callable
     wrappers: dict[str, Callable] = {"training_step": training_step}
     names = [HOOK]
     if weights is not None:
-        wrappers.update(lr_scheduler_step=_scheduler_step_alone, configure_gradient_clipping=_clipping_alone)
+        wrappers.update(lr_scheduler_step=_scheduler_step_alone, clip_gradients=_clipping_alone)
         pl_module.register_parameter(WEIGHTS, weights)
         names.append(WEIGHTS)
     for name, wrapper in wrappers.items():
@@ -90,6 +92,8 @@ def is_patched(pl_module: LightningModule) -> bool:
 @contextlib.contextmanager
 def _weights_group_hidden(optimizer: Any):
     """Take the dense weights' param group out of ``optimizer.param_groups`` for a moment."""
+    if isinstance(optimizer, LightningOptimizer):  # what self.optimizers() gives: hide it in the optimizer it wraps
+        optimizer = optimizer.optimizer
     groups = optimizer.param_groups
     optimizer.param_groups = [g for g in groups if g.get("name") != GROUP_NAME]
     try:
@@ -104,7 +108,7 @@ def _scheduler_step_alone(scheduler_step: Any, scheduler: Any, *args: Any, **kwa
         return scheduler_step(scheduler, *args, **kwargs)
 
 
-def _clipping_alone(configure_gradient_clipping: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
-    """``configure_gradient_clipping`` on the network's gradients only, not the weights'."""
+def _clipping_alone(clip_gradients: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:
+    """``clip_gradients`` on the network's gradients only, not the weights'."""
     with _weights_group_hidden(optimizer):
-        return configure_gradient_clipping(optimizer, *args, **kwargs)
+        return clip_gradients(optimizer, *args, **kwargs)

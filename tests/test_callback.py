@@ -469,3 +469,47 @@ def test_non_finite_weights_at_a_logged_step_get_the_error_that_names_the_cause(
 def test_show_must_be_a_whole_number_of_rows(show):
     with pytest.raises(ConfigError, match=rf"show is how many of the lowest-valued rows to print, .*; got {show!r}"):
         LossValCallback(show=show)
+
+
+class ManualClipNet(ManualNet):
+    """Manual optimization that clips (``self.clip_gradients``) and may step a scheduler, as Lightning's docs show."""
+
+    def __init__(self, clip=None, scheduler=None):
+        super().__init__()
+        self.clip, self.scheduler = clip, scheduler
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        self.manual_backward(self.lossval_loss(F.cross_entropy(self(x), y, reduction="none")))
+        if self.clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=self.clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        if self.scheduler is not None:
+            self.lr_schedulers().step()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.Adam(self.parameters(), lr=0.01)
+        if self.scheduler is None:
+            return optimizer
+        return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)]
+
+
+def test_manual_clipping_leaves_the_dense_weights_gradient_alone(tmp_path):
+    def values(clip):
+        L.seed_everything(0)  # the same network both times
+        model, callback = ManualClipNet(clip), LossValCallback(objective="paper", show=0)
+        return fit(tmp_path, model=model, epochs=1, limit_train_batches=1, callback=callback)[2].values
+
+    assert torch.equal(values(1e-6), values(None))  # a tiny clip would shrink the weights' step if it saw them
+
+
+def test_manual_schedulers_of_the_dense_weights_optimizer_are_refused(tmp_path):
+    callback = LossValCallback(objective="paper")
+    with pytest.raises(
+        ConfigError, match=r"manual optimization your StepLR steps the optimizer .* objective='default'"
+    ):
+        fit(tmp_path, model=ManualClipNet(scheduler="step"), epochs=1, callback=callback)
+    default = fit(tmp_path, model=ManualClipNet(scheduler="step"), epochs=1, callback=LossValCallback(show=0))[2]
+    assert torch.isfinite(default.values).all() and (default.values != 1).any()  # the default keeps its weights apart
