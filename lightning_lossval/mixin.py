@@ -105,15 +105,22 @@ class LossValMixin:
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Load checkpoints with or without LossVal weights, whether or not a fit is running with them."""
         super().on_load_checkpoint(checkpoint)  # type: ignore[misc]
-        state = checkpoint.get("state_dict", {})
-        saved = state.get(WEIGHTS)
-        current = self._parameters.get(WEIGHTS)  # type: ignore[attr-defined]
-        if current is None:
-            state.pop(WEIGHTS, None)  # an older checkpoint, loaded for inference: the values stay in the file
-        elif saved is None:
-            state[WEIGHTS] = current.detach()  # resuming a dense fit: the callback's state restores them
-        elif saved.shape != current.shape:
-            raise ResumeError(
-                f"the checkpoint holds LossVal weights for {saved.numel()} training samples but this run has "
-                f"{current.numel()}; resume with the training data the checkpoint was made with"
-            )
+        weights_entry(self, checkpoint)
+
+
+def weights_entry(module: Any, checkpoint: dict[str, Any]) -> None:
+    """Make the checkpoint's state dict fit ``module`` as to the dense LossVal weights: drop them when the
+    module has none (inference), add the module's own when a dense fit resumes (the callback's state
+    restores them), refuse weights for another number of training samples. Idempotent."""
+    state = checkpoint.get("state_dict", {})
+    saved = state.get(WEIGHTS)
+    current = module._parameters.get(WEIGHTS)
+    if current is None:
+        state.pop(WEIGHTS, None)  # an older checkpoint, loaded for inference: the values stay in the file
+    elif saved is None:
+        state[WEIGHTS] = current.detach()  # resuming a dense fit: the callback's state restores them
+    elif saved.shape != current.shape:
+        raise ResumeError(
+            f"the checkpoint holds LossVal weights for {saved.numel()} training samples but this run has "
+            f"{current.numel()}; resume with the training data the checkpoint was made with"
+        )

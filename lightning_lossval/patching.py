@@ -15,7 +15,9 @@ before any strategy wraps the module, so DDP broadcasts and all-reduces it) and 
 the user's optimizer; ``lr_scheduler_step`` and ``clip_gradients`` (which Lightning's clipping
 and a manual-optimization step call) run with that group hidden, so schedulers built before it
 existed neither crash on it (LambdaLR, OneCycleLR keep per-group lists) nor change its lr, and
-clipping leaves its gradient alone. :func:`restore`
+clipping leaves its gradient alone; ``on_load_checkpoint`` makes sure a resumed checkpoint's
+state dict has the entry the weights parameter needs, even when the module's own hook skips
+``super()``. :func:`restore`
 takes the parameter off again: after fit the module's state dict is the user's own.
 """
 
@@ -32,7 +34,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
 from lightning_lossval.data import BATCH_HOOKS, on_inner_batch
-from lightning_lossval.mixin import HOOK, WEIGHTS, LossValHook
+from lightning_lossval.mixin import HOOK, WEIGHTS, LossValHook, weights_entry
 from lightning_lossval.stores import GROUP_NAME
 
 PATCHED = "_lossval_patched"  # the names patched on the instance
@@ -45,7 +47,11 @@ def patch(pl_module: LightningModule, hook: LossValHook, training_step: Callable
     wrappers: dict[str, Callable] = {"training_step": training_step}
     names = [HOOK]
     if weights is not None:
-        wrappers.update(lr_scheduler_step=_scheduler_step_alone, clip_gradients=_clipping_alone)
+        wrappers.update(
+            lr_scheduler_step=_scheduler_step_alone,
+            clip_gradients=_clipping_alone,
+            on_load_checkpoint=_with_weights_entry,
+        )
         pl_module.register_parameter(WEIGHTS, weights)
         names.append(WEIGHTS)
     for name, wrapper in wrappers.items():
@@ -106,6 +112,14 @@ def _scheduler_step_alone(scheduler_step: Any, scheduler: Any, *args: Any, **kwa
     """``lr_scheduler_step`` without the weights' group."""
     with _weights_group_hidden(scheduler.optimizer):
         return scheduler_step(scheduler, *args, **kwargs)
+
+
+def _with_weights_entry(on_load_checkpoint: Any, checkpoint: dict[str, Any]) -> Any:
+    """The module's ``on_load_checkpoint``, then the dense weights' state-dict entry that a resume needs and
+    an override that skips ``super()`` leaves out."""
+    result = on_load_checkpoint(checkpoint)
+    weights_entry(on_load_checkpoint.__self__, checkpoint)
+    return result
 
 
 def _clipping_alone(clip_gradients: Any, optimizer: Any, *args: Any, **kwargs: Any) -> Any:

@@ -513,3 +513,30 @@ def test_manual_schedulers_of_the_dense_weights_optimizer_are_refused(tmp_path):
         fit(tmp_path, model=ManualClipNet(scheduler="step"), epochs=1, callback=callback)
     default = fit(tmp_path, model=ManualClipNet(scheduler="step"), epochs=1, callback=LossValCallback(show=0))[2]
     assert torch.isfinite(default.values).all() and (default.values != 1).any()  # the default keeps its weights apart
+
+
+class OwnCheckpointHooks(Net):
+    """Overrides the checkpoint hooks without calling super(), as many projects do (LightningModule's are no-ops)."""
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["my_note"] = 1
+
+    def on_load_checkpoint(self, checkpoint):
+        assert checkpoint["my_note"] == 1
+
+
+@pytest.mark.parametrize("objective", ["default", "paper"], ids=["sparse", "dense"])
+def test_resume_when_the_checkpoint_hooks_skip_super(tmp_path, objective):
+    def run(root, epochs, ckpt_path=None):
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
+        callback = LossValCallback(objective=objective, show=0)
+        L.seed_everything(0)  # the same network in every run
+        model = OwnCheckpointHooks()
+        args = dict(enable_checkpointing=True, deterministic=True, callbacks=[checkpoint], ckpt_path=ckpt_path)
+        return fit(root, model=model, epochs=epochs, callback=callback, **args)
+
+    straight = run(tmp_path / "straight", 2)[2].values
+    run(tmp_path / "first", 1)
+    trainer, model, resumed = run(tmp_path / "second", 2, ckpt_path=tmp_path / "first" / "ckpt" / "last.ckpt")
+    assert trainer.current_epoch == 2 and "lossval_weights" not in model.state_dict()
+    assert (straight - resumed.values).abs().max().item() <= 1e-6

@@ -21,7 +21,7 @@ from lightning_lossval import IndexedDataModule, LossValCallback, index_dataload
 from lightning_lossval.errors import ConfigError
 
 STORES = pytest.mark.parametrize("objective", ["paper", "default"], ids=["dense", "sparse"])
-PATCHABLE = {"training_step", "lr_scheduler_step", "clip_gradients", "_lossval_callback"}
+PATCHABLE = {"training_step", "lr_scheduler_step", "clip_gradients", "on_load_checkpoint", "_lossval_callback"}
 
 
 def trainer(tmp_path, callback, epochs=2, **args):
@@ -102,7 +102,7 @@ def test_only_what_the_store_needs_is_patched(tmp_path, objective):
 
     model = Flaky(None)
     fit(tmp_path, model, LossValCallback(objective=objective, show=0), epochs=1, callbacks=[Spy()])
-    dense = {"lr_scheduler_step", "clip_gradients", "lossval_weights"}
+    dense = {"lr_scheduler_step", "clip_gradients", "on_load_checkpoint", "lossval_weights"}
     common = {"training_step", "_lossval_callback", "on_after_batch_transfer"}
     assert seen["patched"] == (common | dense if objective == "paper" else common)
     assert ("lossval_weights" in seen["params"]) == (objective == "paper")
