@@ -71,6 +71,7 @@ from lightning_lossval.stores import (
     SparseWeights,
     check_applied,
     check_finite,
+    check_manual_schedulers,
     check_store,
     load_state,
     new_store,
@@ -137,8 +138,7 @@ class LossValCallback(Callback):
     ) -> None:
         self.preset = resolve(objective, update, lr)
         check_store(self.preset.update, sparse)
-        if isinstance(show, bool) or not isinstance(show, int) or show < 0:
-            raise ConfigError(f"show is how many of the lowest-valued rows to print, a whole number >= 0; got {show!r}")
+        _check_show(show)
         self.val_data = val_data
         self.optimizer_index = optimizer_index
         self.log_every_n_steps = log_every_n_steps
@@ -200,8 +200,7 @@ class LossValCallback(Callback):
         patching.after_setup(pl_module, lambda: self._new_store(trainer, pl_module))
         self._fitting, self._started = True, False
 
-    def _new_store(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """``N`` new weights for this fit, and the module patched to use them."""
+    def _new_store(self, trainer: Trainer, pl_module: LightningModule) -> None:  # N new weights, module patched
         self._store = new_store(_count_train_samples(trainer), self.preset.update, self.sparse, pl_module.device)
         patching.patch(pl_module, self, self._training_step, None if self._store.sparse else self._store.weights)
 
@@ -218,8 +217,7 @@ class LossValCallback(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         optimizer = _optimizer(trainer, self.optimizer_index)
-        if not (self._store.sparse or pl_module.automatic_optimization):
-            _check_manual_schedulers(trainer, optimizer)
+        check_manual_schedulers(trainer, pl_module, self._store, optimizer)
         self._store.start(trainer, optimizer)
         self._prepare_validation(trainer, pl_module)
         self._noisy = noisy_mask(self.noisy_mask, trainer, self._store.numel())
@@ -359,16 +357,9 @@ def _optimizer(trainer: Trainer, index: int) -> Any:
     return trainer.optimizers[index]
 
 
-def _check_manual_schedulers(trainer: Trainer, optimizer: Any) -> None:
-    """Refuse LR schedulers of the optimizer the dense weights join under manual optimization: the
-    user's ``scheduler.step()`` would change the weights' learning rate, or fail on their group."""
-    stepped = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
-    if stepped:
-        raise ConfigError(
-            f"with manual optimization your {', '.join(stepped)} steps the optimizer that the weights of this "
-            "objective join as a param group, so it would change their learning rate or fail on it; use "
-            "objective='default' (its weights stay out of your optimizer), or automatic optimization"
-        )
+def _check_show(show: Any) -> None:
+    if isinstance(show, bool) or not isinstance(show, int) or show < 0:
+        raise ConfigError(f"show is how many of the lowest-valued rows to print, a whole number >= 0; got {show!r}")
 
 
 def _check_strategy(trainer: Trainer) -> None:

@@ -17,8 +17,8 @@ and a manual-optimization step call) run with that group hidden, so schedulers b
 existed neither crash on it (LambdaLR, OneCycleLR keep per-group lists) nor change its lr, and
 clipping leaves its gradient alone; ``on_load_checkpoint`` makes sure a resumed checkpoint's
 state dict has the entry the weights parameter needs, even when the module's own hook skips
-``super()``. :func:`restore`
-takes the parameter off again: after fit the module's state dict is the user's own.
+``super()``. :func:`restore` takes the parameter off again: after fit the module's state dict is
+the user's own.
 """
 
 from __future__ import annotations

@@ -256,6 +256,20 @@ def _gather(trainer: Trainer, rows: Tensor) -> Tensor:
     return gathered.transpose(0, 1)[:, keep]
 
 
+def check_manual_schedulers(trainer: Trainer, pl_module: Any, store: _Store, optimizer: Optimizer) -> None:
+    """Refuse LR schedulers of the optimizer the dense weights join under manual optimization: the
+    user's ``scheduler.step()`` would change the weights' learning rate, or fail on their group."""
+    if store.sparse or pl_module.automatic_optimization:
+        return
+    stepped = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
+    if stepped:
+        raise ConfigError(
+            f"with manual optimization your {', '.join(stepped)} steps the optimizer that the weights of this "
+            "objective join as a param group, so it would change their learning rate or fail on it; use "
+            "objective='default' (its weights stay out of your optimizer), or automatic optimization"
+        )
+
+
 def check_finite(values: Tensor, when: str, rule: UpdateRule) -> Tensor:
     """``values`` if all are finite; else an error that names the likely cause."""
     bad = int((~torch.isfinite(values)).sum())
