@@ -303,6 +303,18 @@ def to_float(text: str) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def row_counters(table: Table, columns: list[str]) -> list[str]:
+    """The ``columns`` that count the rows (consecutive integers in file order, like the index pandas'
+    ``to_csv`` writes as ``Unnamed: 0``): an index, not a feature, and one that leaks the target when
+    the rows are sorted by it."""
+    found = []
+    for column in columns:
+        numbers = [to_float(v) for v in table.column(column)]
+        if len(numbers) > 2 and None not in numbers and all(b - a == 1 for a, b in zip(numbers, numbers[1:])):
+            found.append(column)
+    return found
+
+
 def number_names(values: list[str]) -> list[str]:
     """One spelling per number (``"1.0"``, ``"1e0"`` -> ``"1"``; ``"2.50"`` -> ``"2.5"``), so numeric classes and
     category codes written in several ways stay one; a value that is not a number is kept as it is."""

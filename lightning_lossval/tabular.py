@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -31,6 +31,7 @@ from lightning_lossval.tables import (
     parse_numbers,
     read_frame,
     read_table,
+    row_counters,
     same_columns,
     sorted_values,
     split_rows,
@@ -173,11 +174,20 @@ class TabularDataModule(LightningDataModule):
             val = same_columns(read_frame(val_df, "the validation DataFrame"), train)
 
         train, val = handle_missing(train, val, [*features, hp.target], hp.missing)
+        for column in row_counters(train, features):
+            rank_zero_warn(
+                f"column {column!r} of {train.source} counts the rows (consecutive integers): an index, not a feature, "
+                f"which tells the target when the rows are sorted by it. Name it with --data.id_column {column} or "
+                f"leave it out with --data.drop_columns [{column}]"
+            )
         if val is None:
             train, val = split_rows(train, hp.val_fraction, hp.seed)
 
         x_train, x_val, self.feature_names = encode_features(train, val, features, hp.categorical)
         y_train, y_val = self._encode_target(train, val)
+        if hp.task == "auto":
+            kind = f"{len(self.classes)} classes" if self.task == "classification" else "a numeric target"
+            rank_zero_info(f"TabularDataModule: task {self.task} ({kind}), inferred; set --data.task to change it")
 
         num_classes = len(self.classes) if self.task == "classification" else None
         x_train, y_train, mask = inject_noise(hp.noise, x_train, y_train, hp.noise_rate, hp.seed, num_classes)

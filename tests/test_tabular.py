@@ -525,3 +525,13 @@ def test_a_parquet_file_from_a_filtered_frame_has_no_index_column(tmp_path):
     assert "__index_level_0__" in __import__("pyarrow.parquet").parquet.read_schema(path).names
     dm = prepared(train_csv=str(path), target="label", id_column="id")
     assert dm.feature_names == ["size", "color=blue", "color=green", "color=red"]
+
+
+def test_a_column_that_counts_the_rows_warns_and_the_inferred_task_is_said(tmp_path, caplog):
+    # pandas' to_csv writes its index as a first column "Unnamed: 0"; with rows sorted by class it leaks the label
+    rows = [[str(i), *row] for i, row in enumerate(sorted(animal_rows(40), key=lambda r: r[3]))]
+    path = write_csv(tmp_path / "t.csv", ["Unnamed: 0", *HEADER], rows)
+    with caplog.at_level("INFO"), pytest.warns(UserWarning, match=r"column 'Unnamed: 0' .* counts the rows"):
+        dm = prepared(train_csv=path, target="label", id_column="id")
+    assert "Unnamed: 0" in dm.feature_names  # still a feature until the user says otherwise
+    assert "task classification (2 classes), inferred; set --data.task to change it" in caplog.text
