@@ -16,6 +16,7 @@ import re
 from typing import Any, NamedTuple
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_lossval.errors import DataError
@@ -181,9 +182,10 @@ def load_builtin(name: str) -> Table:
     return Table(f"builtin dataset {name!r}", header, rows, [r + 2 for r in range(len(rows))], list(range(len(rows))))
 
 
-def same_columns(val: Table, train: Table) -> Table:
-    """``val`` with its columns in the order of ``train``'s, which must be the same set."""
-    lacking = [c for c in train.header if c not in val.header]
+def same_columns(val: Table, train: Table, needed: list[str]) -> Table:
+    """``val`` with its columns in the order of ``train``'s. It must have the ``needed`` ones (features and
+    target) and no column ``train`` lacks; the others (an id, dropped columns) may be absent, left empty."""
+    lacking = [c for c in needed if c not in val.header]
     extra = [c for c in val.header if c not in train.header]
     if lacking or extra:
         problems = []
@@ -195,8 +197,9 @@ def same_columns(val: Table, train: Table) -> Table:
             f"the validation data ({val.source}) must have the same columns as {train.source}, but it "
             f"{' and '.join(problems)}; add or remove those columns"
         )
-    order = [val.header.index(c) for c in train.header]
-    return val._replace(header=train.header, rows=[[row[i] for i in order] for row in val.rows])
+    order = [val.header.index(c) if c in val.header else None for c in train.header]
+    rows = [["" if i is None else row[i] for i in order] for row in val.rows]
+    return val._replace(header=train.header, rows=rows)
 
 
 def handle_missing(train: Table, val: Table | None, columns: list[str], mode: str) -> tuple[Table, Table | None]:
@@ -264,6 +267,12 @@ def encode_features(
                     f"it out with --data.drop_columns [{column}], or list it under --data.categorical to encode it"
                 )
             index = {c: i for i, c in enumerate(categories)}
+            unseen = sorted_values({v for v in columns[1] if v not in index})
+            if unseen:
+                rank_zero_warn(
+                    f"column {column!r}: {sum(v not in index for v in columns[1])} validation rows hold categories no "
+                    f"training row has ({listing(unseen[:5])}); they are encoded as all zeros for that column"
+                )
             blocks.append(tuple(_one_hot(c, index) for c in columns))
             names += [f"{column}={c}" for c in categories]
         else:

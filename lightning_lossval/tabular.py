@@ -63,8 +63,9 @@ class TabularDataModule(LightningDataModule):
             Parquet file when it ends in ``.parquet`` or ``.pq`` (needs pyarrow:
             ``pip install "lightning-lossval[parquet]"``).
         target: name of the target column.
-        val_csv: validation table (CSV or Parquet) with the same columns; None (and no ``val_df``)
-            splits ``val_fraction`` of the training rows off, drawn with ``seed``.
+        val_csv: validation table (CSV or Parquet) with the same feature and target columns (the id and
+            dropped columns may be left out); None (and no ``val_df``) splits ``val_fraction`` of the
+            training rows off, drawn with ``seed``.
         val_fraction: share of training rows used for validation when there is no validation table.
         builtin: instead of ``train_csv``, a scikit-learn dataset: ``digits``, ``breast_cancer``,
             ``wine``, ``iris`` or ``diabetes`` (regression); its target column is ``target``.
@@ -169,9 +170,9 @@ class TabularDataModule(LightningDataModule):
         features = self._feature_columns(train)
         val = None
         if hp.val_csv is not None:
-            val = same_columns(read_table(hp.val_csv), train)
+            val = same_columns(read_table(hp.val_csv), train, [*features, hp.target])
         elif val_df is not None:
-            val = same_columns(read_frame(val_df, "the validation DataFrame"), train)
+            val = same_columns(read_frame(val_df, "the validation DataFrame"), train, [*features, hp.target])
 
         train, val = handle_missing(train, val, [*features, hp.target], hp.missing)
         for column in row_counters(train, features):

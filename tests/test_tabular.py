@@ -535,3 +535,21 @@ def test_a_column_that_counts_the_rows_warns_and_the_inferred_task_is_said(tmp_p
         dm = prepared(train_csv=path, target="label", id_column="id")
     assert "Unnamed: 0" in dm.feature_names  # still a feature until the user says otherwise
     assert "task classification (2 classes), inferred; set --data.task to change it" in caplog.text
+
+
+def test_a_validation_file_needs_only_the_columns_that_are_used(tmp_path):
+    header = [*HEADER, "note"]
+    rows = [[*row, "x"] for row in animal_rows(30)]
+    val_rows = [["12.5", "purple", "dog"], ["7.0", "green", "cat"]]  # no id, no dropped note; purple unseen
+    with pytest.warns(UserWarning, match=r"column 'color': 1 validation rows hold categories no training row has"):
+        dm = prepared(
+            train_csv=write_csv(tmp_path / "t.csv", header, rows),
+            val_csv=write_csv(tmp_path / "v.csv", ["size", "color", "label"], val_rows),
+            target="label",
+            id_column="id",
+            drop_columns=["note"],
+        )
+    x_val, y_val = dm.val_set.tensors
+    assert torch.equal(y_val, torch.tensor([1, 0])) and torch.equal(
+        x_val[:, 1:], torch.tensor([[0.0, 0, 0], [0, 1, 0]])
+    )
