@@ -63,6 +63,7 @@ from lightning_lossval.run_report import (
     noisy_mask,
     print_report,
     row_columns,
+    save_interrupted,
     save_values_somewhere,
     values_dir,
 )
@@ -139,13 +140,8 @@ class LossValCallback(Callback):
         self.preset = resolve(objective, update, lr)
         check_store(self.preset.update, sparse)
         _check_show(show)
-        self.val_data = val_data
-        self.optimizer_index = optimizer_index
-        self.log_every_n_steps = log_every_n_steps
-        self.export = export
-        self.noisy_mask = noisy_mask
-        self.show = show
-        self.sparse = sparse
+        self.val_data, self.optimizer_index, self.log_every_n_steps = val_data, optimizer_index, log_every_n_steps
+        self.export, self.noisy_mask, self.show, self.sparse = export, noisy_mask, show, sparse
         self.columns: dict[str, list] = {}
         self.in_training_step = False
         self.values_path: Path | None = None
@@ -211,6 +207,8 @@ class LossValCallback(Callback):
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException | None) -> None:
+        if self._started and self.export:  # after Ctrl-C rank zero writes the values learned so far
+            self.values_path = save_interrupted(trainer, self._store, exception) or self.values_path
         patching.restore(pl_module)  # the module is the user's again: no patches, no weights parameter
         self._fitting = self._started = False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -102,6 +103,29 @@ def save_values_somewhere(directory: Path, values: Tensor, columns: dict[str, li
             "--trainer.default_root_dir (or logger save_dir) next time"
         )
         return path
+
+
+def save_interrupted(trainer: Trainer, store: Any, exception: BaseException | None) -> Path | None:
+    """After Ctrl-C (``exception`` a ``KeyboardInterrupt``), the values ``store`` holds so far into the run's
+    folder, with the DataModule's row columns and the visits, and a line that says where; on rank zero
+    and without a collective (the other ranks may be gone). Anything else, or non-finite weights: nothing."""
+    if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+        return None
+    values = store.values().detach().float().cpu()
+    if not torch.isfinite(values).all():
+        return None
+    datamodule = trainer.datamodule
+    columns = dict(datamodule.row_columns()) if callable(getattr(datamodule, "row_columns", None)) else {}
+    columns["visits"] = store.visits.cpu().tolist()
+    directory = trainer.loggers[0].log_dir if trainer.loggers else None
+    root = Path(trainer.default_root_dir) / "lossval"
+    try:
+        directory = Path(directory) if directory is not None else next_version_dir(root)
+    except OSError:  # save_values_somewhere finds another place
+        directory = root
+    path = save_values_somewhere(directory, values, columns)
+    print(f"\nLossVal: fit interrupted in epoch {trainer.current_epoch}; the values learned so far: {path}", flush=True)
+    return path
 
 
 def print_report(

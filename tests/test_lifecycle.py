@@ -350,3 +350,26 @@ def test_values_that_cannot_be_written_where_asked_go_to_a_temporary_directory(t
     assert torch.equal(torch.load(callback.values_path.with_suffix(".pt")), callback.values)
     assert f"values of all samples: {callback.values_path}" in capsys.readouterr().out
     shutil.rmtree(callback.values_path.parent)
+
+
+@STORES
+def test_ctrl_c_keeps_the_values_learned_so_far(tmp_path, objective, capsys):
+    class Interrupted(Net):
+        def training_step(self, batch, batch_idx):
+            if self.current_epoch == 1 and batch_idx == 3:
+                raise KeyboardInterrupt
+            return super().training_step(batch, batch_idx)
+
+    callback = LossValCallback(objective=objective, show=0)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into exit status 1 after on_exception
+            fit(tmp_path, Interrupted(), callback, epochs=3)
+    finally:
+        signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl-C after catching one
+    assert callback.values_path == tmp_path / "lossval" / "version_0" / "values.csv"
+    with open(callback.values_path) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 400 and {int(r["visits"]) for r in rows} == {1, 2}  # all of epoch 0, three batches of 1
+    assert torch.equal(torch.load(callback.values_path.with_suffix(".pt")), callback.values)
+    assert f"fit interrupted in epoch 1; the values learned so far: {callback.values_path}" in capsys.readouterr().out
