@@ -87,14 +87,21 @@ def table_csv(rows: list[dict[str, Any]]) -> bytes:
 
 
 def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
-    """A fixed-width (or markdown) table of rows, values to 4 decimals."""
+    """A fixed-width (or markdown) table of rows: values to 4 decimals, other numbers (a regression target) to 6
+    significant digits."""
     names = list(rows[0])
-    cells = [[f"{v:.4f}" if isinstance(v, float) else _cell(v) for v in row.values()] for row in rows]
+    cells = [[_shown(k, v) for k, v in row.items()] for row in rows]
     if markdown:
         lines = ["| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
         return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
     widths = [max(len(n), *(len(c[j]) for c in cells)) for j, n in enumerate(names)]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [names, *cells])
+
+
+def _shown(name: str, v: Any) -> str:
+    if not isinstance(v, float):
+        return _cell(v)
+    return f"{v:.4f}" if name == "value" else f"{v:.6g}"
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

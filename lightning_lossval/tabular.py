@@ -224,14 +224,14 @@ class TabularDataModule(LightningDataModule):
 
     def format_target(self, t: Tensor) -> list[str]:
         """Readable strings for targets like the training ones: class indices ``[B]`` or
-        standardised regression values ``[B]`` / ``[B, 1]`` (shown in original units, 4 significant digits)."""
+        standardised regression values ``[B]`` / ``[B, 1]`` (shown in original units, 6 significant digits)."""
         self._check_prepared()
         if self.task == "classification":
             if t.is_floating_point():
                 raise TypeError("format_target takes class indices, not scores: pass logits.argmax(-1)")
             return [self.classes[i] for i in t.reshape(-1).tolist()]
         values = t.detach().reshape(-1).double().cpu() * self._target_std + self._target_mean
-        return [f"{v:.4g}" for v in values.tolist()]
+        return [f"{v:.6g}" for v in values.tolist()]
 
     def train_dataloader(self) -> DataLoader:
         self._check_prepared()

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from lightning_lossval.metrics import detection_report, discovery_curve, f1, lowest, two_means_split
+from lightning_lossval.report import format_table
 
 
 def brute_force_two_means(values):
@@ -61,3 +62,13 @@ def test_random_values_score_near_the_documented_baseline():
         noisy[torch.randperm(1000, generator=g)[:200]] = True
         scores.append(detection_report(torch.rand(1000, generator=g), noisy)["detection_f1"])
     assert sum(scores) / len(scores) == pytest.approx(0.29, abs=0.03)
+
+
+def test_the_printed_table_keeps_the_digits_of_large_and_small_targets():
+    rows = [
+        {"row": 3, "target": 733555.72, "prediction": "754362", "value": 0.41234567},
+        {"row": 9, "target": 0.000676, "prediction": "0.00071", "value": 0.5},
+    ]
+    lines = format_table(rows).splitlines()
+    assert lines[1].split() == ["3", "733556", "754362", "0.4123"]  # not 733555.7200 next to 7.544e+05
+    assert lines[2].split() == ["9", "0.000676", "0.00071", "0.5000"]  # not 0.0007
