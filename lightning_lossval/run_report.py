@@ -51,11 +51,10 @@ def log_detection(trainer: Trainer, values: Tensor, noisy: Tensor) -> None:
 def row_columns(trainer: Trainer, pl_module: LightningModule, noisy: Tensor | None) -> dict[str, list]:
     """The per-row columns of ``values.csv``: the DataModule's ``row_columns()``, the module's
     ``lossval_predict`` (decoded by the DataModule's ``format_target``) and ``noisy``, when known."""
-    datamodule = trainer.datamodule
-    columns = dict(datamodule.row_columns()) if callable(getattr(datamodule, "row_columns", None)) else {}
+    columns = _datamodule_columns(trainer)
     if callable(getattr(pl_module, "lossval_predict", None)):
         predictions = _predict_training_set(trainer, pl_module)
-        decode = getattr(datamodule, "format_target", None)
+        decode = getattr(trainer.datamodule, "format_target", None)
         columns["prediction"] = decode(predictions) if callable(decode) else predictions.tolist()
     if noisy is not None:
         columns["noisy"] = noisy.tolist()
@@ -78,6 +77,12 @@ def values_dir(trainer: Trainer) -> Path:
     ``version_N``); without one (``logger=False``, ``fast_dev_run``, loggers without a local run
     directory) a new ``<default_root_dir>/lossval/version_N``, so no run overwrites another's files.
     A collective under DDP: every rank calls it, rank zero decides."""
+    return Path(trainer.strategy.broadcast(_run_dir(trainer)))
+
+
+def _run_dir(trainer: Trainer) -> str | None:
+    """:func:`values_dir` as this process sees it, without the broadcast (``None`` off rank zero without a
+    logger)."""
     directory = trainer.loggers[0].log_dir if trainer.loggers else None
     if directory is None and trainer.is_global_zero:
         root = Path(trainer.default_root_dir) / "lossval"
@@ -85,7 +90,7 @@ def values_dir(trainer: Trainer) -> Path:
             directory = str(next_version_dir(root))
         except OSError:  # writing there fails too, and the values go elsewhere (save_values_somewhere)
             directory = str(root)
-    return Path(trainer.strategy.broadcast(directory))
+    return directory
 
 
 def save_values_somewhere(directory: Path, values: Tensor, columns: dict[str, list]) -> Path:
@@ -114,16 +119,8 @@ def save_interrupted(trainer: Trainer, store: Any, exception: BaseException | No
     values = store.values().detach().float().cpu()
     if not torch.isfinite(values).all():
         return None
-    datamodule = trainer.datamodule
-    columns = dict(datamodule.row_columns()) if callable(getattr(datamodule, "row_columns", None)) else {}
-    columns["visits"] = store.visits.cpu().tolist()
-    directory = trainer.loggers[0].log_dir if trainer.loggers else None
-    root = Path(trainer.default_root_dir) / "lossval"
-    try:
-        directory = Path(directory) if directory is not None else next_version_dir(root)
-    except OSError:  # save_values_somewhere finds another place
-        directory = root
-    path = save_values_somewhere(directory, values, columns)
+    columns = {**_datamodule_columns(trainer), "visits": store.visits.cpu().tolist()}
+    path = save_values_somewhere(Path(_run_dir(trainer)), values, columns)  # no broadcast: rank zero alone
     print(f"\nLossVal: fit interrupted in epoch {trainer.current_epoch}; the values learned so far: {path}", flush=True)
     return path
 
@@ -162,6 +159,12 @@ def print_report(
             if noisy is not None:
                 logger.experiment.add_figure("lossval/detection", detection_figure(values, noisy), trainer.global_step)
             logger.experiment.flush()
+
+
+def _datamodule_columns(trainer: Trainer) -> dict[str, list]:
+    """The DataModule's ``row_columns()``, when it has that method."""
+    datamodule = trainer.datamodule
+    return dict(datamodule.row_columns()) if callable(getattr(datamodule, "row_columns", None)) else {}
 
 
 @torch.no_grad()

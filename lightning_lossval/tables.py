@@ -267,11 +267,11 @@ def encode_features(
                     f"it out with --data.drop_columns [{column}], or list it under --data.categorical to encode it"
                 )
             index = {c: i for i, c in enumerate(categories)}
-            unseen = sorted_values({v for v in columns[1] if v not in index})
+            unseen = [v for v in columns[1] if v not in index]
             if unseen:
                 rank_zero_warn(
-                    f"column {column!r}: {sum(v not in index for v in columns[1])} validation rows hold categories no "
-                    f"training row has ({listing(unseen[:5])}); they are encoded as all zeros for that column"
+                    f"column {column!r}: {len(unseen)} validation rows hold categories no training row has "
+                    f"({listing(sorted_values(set(unseen))[:5])}); they are encoded as all zeros for that column"
                 )
             blocks.append(tuple(_one_hot(c, index) for c in columns))
             names += [f"{column}={c}" for c in categories]
