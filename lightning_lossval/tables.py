@@ -11,12 +11,15 @@ blank CSV lines are skipped, as pandas does, so ``row`` numbers match a ``pandas
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
+import shlex
 from typing import Any, NamedTuple
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+import yaml
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from lightning_lossval.errors import DataError
@@ -76,22 +79,24 @@ def read_csv(path: str) -> Table:
             reader = csv.reader(f)
             header: list[str] | None = None
             rows, lines = [], []
+            skip = 0  # leading nameless columns: the index a DataFrame's to_csv writes
             for record in reader:
                 line = reader.line_num
                 if not record:
                     continue
                 record = [cell.strip() for cell in record]
                 if header is None:
-                    header = record
+                    skip = _index_columns(record, path)
+                    header = record[skip:]
                     check_header(header, path)
-                elif len(record) != len(header):
+                    continue
+                if len(record) != len(header) + skip:
                     raise DataError(
-                        f"line {line} of {path} has {len(record)} fields but the header has {len(header)}; give every "
-                        "row one value per column (quote values that contain commas)"
+                        f"line {line} of {path} has {len(record)} fields but the header has {len(header) + skip}; give "
+                        "every row one value per column (quote values that contain commas)"
                     )
-                else:
-                    rows.append(record)
-                    lines.append(line)
+                rows.append(record[skip:])
+                lines.append(line)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; check the path given as --data.train_csv / --data.val_csv") from None
     except UnicodeDecodeError as e:
@@ -105,6 +110,18 @@ def read_csv(path: str) -> Table:
     if not rows:
         raise DataError(f"{path} has a header line but no data rows; add the data below the header")
     return Table(path, header, rows, lines, list(range(len(rows))))
+
+
+def _index_columns(header: list[str], path: str) -> int:
+    """How many columns at the start of ``header`` have no name before a named one: the index (row
+    labels) that a DataFrame's ``to_csv`` writes, which ``read_csv(index_col=0)`` reads back as such."""
+    skip = next((i for i, name in enumerate(header) if name), 0)
+    if skip:
+        rank_zero_info(
+            f"{path}: the first {skip} column(s) have no name in the header, like the index a DataFrame's to_csv "
+            "writes; they are row labels, not data, and are not read (values.csv numbers the data rows in `row`)"
+        )
+    return skip
 
 
 def read_parquet(path: str) -> Table:
@@ -168,20 +185,6 @@ def check_header(header: list[str], source: str) -> None:
         raise DataError(f"{source} has more than one column named {listing(duplicated)}; rename them")
 
 
-def load_builtin(name: str) -> Table:
-    try:
-        from sklearn import datasets
-    except ImportError:
-        raise DataError(
-            f"--data.builtin {name} needs scikit-learn, which is not installed: "
-            'pip install "lightning-lossval[examples]"'
-        ) from None
-    bunch = getattr(datasets, f"load_{name}")()
-    header = [str(n) for n in bunch.feature_names] + ["target"]
-    rows = [[str(v) for v in x] + [str(t)] for x, t in zip(bunch.data.tolist(), bunch.target.tolist())]
-    return Table(f"builtin dataset {name!r}", header, rows, [r + 2 for r in range(len(rows))], list(range(len(rows))))
-
-
 def same_columns(val: Table, train: Table, needed: list[str]) -> Table:
     """``val`` with its columns in the order of ``train``'s. It must have the ``needed`` ones (features and
     target) and no column ``train`` lacks; the others (an id, dropped columns) may be absent, left empty."""
@@ -230,7 +233,10 @@ def _missing_rows(table: Table, columns: list[str]) -> list[int]:
     return [r for r, row in enumerate(table.rows) if any(row[i].lower() in MISSING_TOKENS for i in at)]
 
 
-def split_rows(train: Table, fraction: float, seed: int) -> tuple[Table, Table]:
+def split_rows(train: Table, fraction: float, seed: int, strata: list[str] | None = None) -> tuple[Table, Table]:
+    """Split ``fraction`` of the rows off for validation, at random (``seed``). With ``strata`` (a class
+    per row) each class gives its share, by largest remainder, and keeps at least one training row,
+    so a rare class is not lost to the validation side."""
     n = len(train.rows)
     n_val = max(1, round(fraction * n))
     if n_val >= n:
@@ -239,7 +245,32 @@ def split_rows(train: Table, fraction: float, seed: int) -> tuple[Table, Table]:
             "validation; add rows or give a validation file with --data.val_csv"
         )
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    return train.take(sorted(order[n_val:])), train.take(sorted(order[:n_val]))
+    if strata is None:
+        held = order[:n_val]
+    else:
+        groups: dict[str, list[int]] = {}
+        for row in order:
+            groups.setdefault(strata[row], []).append(row)
+        held = [row for group, k in zip(groups.values(), _quotas(groups, fraction, n_val)) for row in group[:k]]
+        if not held:
+            raise DataError(
+                f"no class of {train.source} has two rows, so none can spare one for validation; add rows or give a "
+                "validation file with --data.val_csv"
+            )
+    kept = set(held)
+    return train.take([r for r in range(n) if r not in kept]), train.take(sorted(held))
+
+
+def _quotas(groups: dict[str, list[int]], fraction: float, total: int) -> list[int]:
+    """Validation rows per group: ``fraction`` of each, rounded by largest remainder to ``total`` in
+    all (or fewer, when the groups run out), at most all but one of a group's rows."""
+    sizes = [len(g) for g in groups.values()]
+    caps = [size - 1 for size in sizes]
+    quotas = [min(int(fraction * size), cap) for size, cap in zip(sizes, caps)]
+    for i in sorted(range(len(sizes)), key=lambda i: fraction * sizes[i] - quotas[i], reverse=True):
+        if sum(quotas) < total and quotas[i] < caps[i]:
+            quotas[i] += 1
+    return quotas
 
 
 def encode_features(
@@ -263,8 +294,7 @@ def encode_features(
                 raise DataError(
                     f"column {column!r} of {train.source} looks like an id or free text ({len(categories)} distinct "
                     f"values in {len(values)} rows, e.g. {listing(categories[:3])}): one-hot encoding would make a "
-                    f"feature of each value. Name it with --data.id_column {column} (copied into values.csv), leave "
-                    f"it out with --data.drop_columns [{column}], or list it under --data.categorical to encode it"
+                    f"feature of each value. {column_hints(column)}, or list it under --data.categorical to encode it"
                 )
             index = {c: i for i, c in enumerate(categories)}
             unseen = [v for v in columns[1] if v not in index]
@@ -313,15 +343,32 @@ def to_float(text: str) -> float | None:
 
 
 def row_counters(table: Table, columns: list[str]) -> list[str]:
-    """The ``columns`` that count the rows (consecutive integers in file order, like the index pandas'
-    ``to_csv`` writes as ``Unnamed: 0``): an index, not a feature, and one that leaks the target when
-    the rows are sorted by it."""
+    """The ``columns`` that count the rows (consecutive integers in file order, like a DataFrame's index
+    saved under a name, ``Unnamed: 0`` after a second round trip through pandas): an index, not a
+    feature, and one that leaks the target when the rows are sorted by it."""
     found = []
     for column in columns:
         numbers = [to_float(v) for v in table.column(column)]
         if len(numbers) > 2 and None not in numbers and all(b - a == 1 for a, b in zip(numbers, numbers[1:])):
             found.append(column)
     return found
+
+
+def column_hints(column: str) -> str:
+    """The two ways out for a column that is not a feature (the id column, or dropped), as options that
+    can be pasted into a shell. A name the command line would read as YAML other than itself
+    (``Unnamed: 0`` is a mapping there) can only be named as the id column in a config file."""
+    try:
+        plain = isinstance(yaml.safe_load(column), (str, int, float, bool))
+    except yaml.YAMLError:
+        plain = False
+    as_id = f"--data.id_column {shlex.quote(column)}"
+    if not plain:
+        as_id = f"id_column: {json.dumps(column)} under data.init_args in a config file"
+    return (
+        f"Name it with {as_id} (copied into values.csv) or leave it out with "
+        f"--data.drop_columns {shlex.quote(json.dumps([column], ensure_ascii=False))}"
+    )
 
 
 def number_names(values: list[str]) -> list[str]:

@@ -22,10 +22,10 @@ from lightning_lossval.errors import DataError
 from lightning_lossval.noise import NOISE_KINDS, inject_noise
 from lightning_lossval.tables import (
     Table,
+    column_hints,
     encode_features,
     handle_missing,
     listing,
-    load_builtin,
     mean_std,
     number_names,
     parse_numbers,
@@ -42,6 +42,20 @@ BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 TASKS = ("auto", "classification", "regression")
 MISSING_MODES = ("error", "drop")
 MAX_AUTO_CLASSES = 20  # task="auto": integer targets with at most this many values are classes
+
+
+def load_builtin(name: str) -> Table:
+    try:
+        from sklearn import datasets
+    except ImportError:
+        raise DataError(
+            f"--data.builtin {name} needs scikit-learn, which is not installed: "
+            'pip install "lightning-lossval[examples]"'
+        ) from None
+    bunch = getattr(datasets, f"load_{name}")()
+    header = [str(n) for n in bunch.feature_names] + ["target"]
+    rows = [[str(v) for v in x] + [str(t)] for x, t in zip(bunch.data.tolist(), bunch.target.tolist())]
+    return Table(f"builtin dataset {name!r}", header, rows, [r + 2 for r in range(len(rows))], list(range(len(rows))))
 
 
 class TabularDataModule(LightningDataModule):
@@ -66,7 +80,8 @@ class TabularDataModule(LightningDataModule):
         val_csv: validation table (CSV or Parquet) with the same feature and target columns (the id and
             dropped columns may be left out); None (and no ``val_df``) splits ``val_fraction`` of the
             training rows off, drawn with ``seed``.
-        val_fraction: share of training rows used for validation when there is no validation table.
+        val_fraction: share of training rows used for validation when there is no validation table;
+            for classification that share of each class, every class keeping a training row.
         builtin: instead of ``train_csv``, a scikit-learn dataset: ``digits``, ``breast_cancer``,
             ``wine``, ``iris`` or ``diabetes`` (regression); its target column is ``target``.
         train_df, val_df: instead of ``train_csv`` / ``val_csv``, pandas DataFrames (Python only;
@@ -178,11 +193,12 @@ class TabularDataModule(LightningDataModule):
         for column in row_counters(train, features):
             rank_zero_warn(
                 f"column {column!r} of {train.source} counts the rows (consecutive integers): an index, not a feature, "
-                f"which tells the target when the rows are sorted by it. Name it with --data.id_column {column} or "
-                f"leave it out with --data.drop_columns [{column}]"
+                f"which tells the target when the rows are sorted by it. {column_hints(column)}"
             )
+        self.task = self._resolve_task(train)
         if val is None:
-            train, val = split_rows(train, hp.val_fraction, hp.seed)
+            strata = self._class_names(train, target=hp.target)[0] if self.task == "classification" else None
+            train, val = split_rows(train, hp.val_fraction, hp.seed, strata)
 
         x_train, x_val, self.feature_names = encode_features(train, val, features, hp.categorical)
         y_train, y_val = self._encode_target(train, val)
@@ -280,30 +296,36 @@ class TabularDataModule(LightningDataModule):
             )
         return features
 
+    def _resolve_task(self, train: Table) -> str:
+        """The declared task, or with ``task="auto"`` classification for text targets and for integer
+        targets with at most ``MAX_AUTO_CLASSES`` values, regression otherwise."""
+        if self.hparams.task != "auto":
+            return self.hparams.task
+        numbers = [to_float(v) for v in train.column(self.hparams.target)]
+        if None in numbers or (all(v.is_integer() for v in numbers) and len(set(numbers)) <= MAX_AUTO_CLASSES):
+            return "classification"
+        return "regression"
+
+    @staticmethod
+    def _class_names(train: Table, *tables: Table, target: str) -> list[list[str]]:
+        """The target columns of ``train`` and ``tables`` as class names: as written, or one name per
+        number when the training targets are all numbers ("1", "1.0" and "1e0" are one class)."""
+        columns = [t.column(target) for t in (train, *tables)]
+        if all(to_float(v) is not None for v in columns[0]):
+            return [number_names(c) for c in columns]
+        return columns
+
     def _encode_target(self, train: Table, val: Table) -> tuple[Tensor, Tensor]:
         """Class indices ``[N]`` (long), or raw regression values ``[N, 1]`` (float64, original units)."""
         name = self.hparams.target
-        values = train.column(name)
-        task = self.hparams.task
-        if task == "auto":
-            numbers = [to_float(v) for v in values]
-            if None in numbers:
-                task = "classification"
-            elif all(v.is_integer() for v in numbers) and len(set(numbers)) <= MAX_AUTO_CLASSES:
-                task = "classification"
-            else:
-                task = "regression"
-        self.task = task
-        if task == "regression":
+        if self.task == "regression":
             advice = "fix it, or set --data.task classification if the target is a class"
             y_train = parse_numbers(train, name, advice)
             y_val = parse_numbers(val, name, advice)
             self._target_mean, self._target_std = mean_std(y_train)
             return y_train[:, None], y_val[:, None]
 
-        val_values = val.column(name)
-        if all(to_float(v) is not None for v in values):  # numeric classes: "1", "1.0" and "1e0" are one class
-            values, val_values = number_names(values), number_names(val_values)
+        values, val_values = self._class_names(train, val, target=name)
         self.classes = sorted_values(set(values))
         if len(self.classes) < 2:
             raise DataError(

@@ -159,7 +159,29 @@ def test_bad_csv_gets_a_clear_message_and_exit_status_2(tmp_path, capsys, case, 
     assert err.startswith("lossval: error: ") and message.lower() in err.lower(), err
     assert "Traceback" not in err
     if case == "id not declared":  # the fixes, named
-        assert "--data.id_column id" in err and "--data.drop_columns [id]" in err
+        assert "--data.id_column id" in err and """--data.drop_columns '["id"]'""" in err
+
+
+@pytest.mark.parametrize("name", ["my id", "Unnamed: 0", "x, y", "[x]", "it's"])
+def test_the_options_a_column_hint_names_can_be_pasted(tmp_path, name):
+    import shlex
+
+    from lightning_lossval.tables import column_hints
+
+    write_csv(tmp_path / "t.csv", [name, "x", "y"], [[f"r{i}", str(i % 7), str(i % 2)] for i in range(20)])
+    hint = column_hints(name)
+    as_id, drop = hint.split(" (copied into values.csv) or leave it out with ")
+    base = ["--config", str(CONFIGS / "csv.yaml"), "--data.train_csv", str(tmp_path / "t.csv"), "--data.target", "y"]
+    if "in a config file" in as_id:  # the command line reads this name as YAML: the hint names a config key
+        key = as_id.removeprefix("Name it with ").removesuffix(" under data.init_args in a config file")
+        (tmp_path / "id.yaml").write_text(f"data:\n  init_args:\n    {key}\n")
+        id_args = ["--config", str(tmp_path / "id.yaml")]
+    else:
+        id_args = shlex.split(as_id.removeprefix("Name it with "))
+    built = LossValCLI(args=[*base, *id_args, *one_epoch(tmp_path)], run=False)
+    assert built.datamodule.hparams.id_column == name
+    built = LossValCLI(args=[*base, *shlex.split(drop), *one_epoch(tmp_path)], run=False)
+    assert built.datamodule.hparams.drop_columns == [name]
 
 
 def test_csv_config_without_data_says_which_option_to_set(capsys):

@@ -97,6 +97,28 @@ def test_val_split_is_seeded_disjoint_and_rows_map_back(tmp_path):
     assert other.row_columns()["row"] != columns["row"]
 
 
+def test_val_split_is_stratified_and_keeps_rare_classes_in_training(tmp_path):
+    # 36 common rows, 3 of a rare class, 1 of a class seen once: every seed keeps each class's share
+    labels = ["common"] * 36 + ["rare"] * 3 + ["once"]
+    path = write_csv(tmp_path / "t.csv", ["x", "label"], [[str(i), label] for i, label in enumerate(labels)])
+    splits = set()
+    for seed in range(12):
+        dm = prepared(train_csv=path, target="label", val_fraction=0.25, seed=seed)
+        val_labels = [dm.classes[i] for i in dm.val_set.tensors[1].tolist()]
+        assert sorted(val_labels) == ["common"] * 9 + ["rare"]  # 25 % of 36, and of 3 rounded by largest remainder
+        assert sorted(dm.row_columns()["target"]) == ["common"] * 27 + ["once"] + ["rare"] * 2
+        splits.add(tuple(dm.row_columns()["row"]))
+    assert len(splits) > 1  # still a seeded random split within each class
+
+    numbers = write_csv(tmp_path / "n.csv", ["x", "y"], [[str(i), ["1", "1.0", "2"][i % 3]] for i in range(30)])
+    dm = prepared(train_csv=numbers, target="y", val_fraction=0.2)  # "1" and "1.0" are one stratum
+    assert sorted(dm.val_set.tensors[1].tolist()) == [0, 0, 0, 0, 1, 1]
+
+    singles = write_csv(tmp_path / "s.csv", ["x", "label"], [[str(i), f"c{i}"] for i in range(5)])
+    with pytest.raises(DataError, match=r"no class of .*s.csv has two rows.*--data.val_csv"):
+        prepared(train_csv=singles, target="label", task="classification", val_fraction=0.2)
+
+
 def test_missing_values_error_or_drop(tmp_path):
     rows = animal_rows(12)
     rows[1][1] = ""
@@ -462,9 +484,8 @@ def test_id_like_column_is_refused_with_the_fixes(tmp_path):
     assert (
         message.startswith("column 'id' of ") and "(27 distinct values in 27 rows, e.g. 'r0', 'r1', 'r10'):" in message
     )
-    assert (
-        "--data.id_column id" in message and "--data.drop_columns [id]" in message and "--data.categorical" in message
-    )
+    assert "--data.id_column id" in message and "--data.categorical" in message
+    assert """--data.drop_columns '["id"]'""" in message
     assert prepared(train_csv=path, target="label", id_column="id").feature_names[0] == "size"
     assert prepared(train_csv=path, target="label", drop_columns=["id"]).feature_names[0] == "size"
     assert prepared(train_csv=path, target="label", categorical=["id", "color"]).num_features == 27 + 1 + 3
@@ -527,8 +548,30 @@ def test_a_parquet_file_from_a_filtered_frame_has_no_index_column(tmp_path):
     assert dm.feature_names == ["size", "color=blue", "color=green", "color=red"]
 
 
+def test_a_csv_written_with_its_index_reads_its_data_columns_only(tmp_path, caplog):
+    import pandas as pd
+
+    frame = pd.DataFrame(animal_rows(40), columns=HEADER)
+    frame["size"] = frame["size"].astype(float)
+    path = tmp_path / "t.csv"
+    frame[frame["size"] > 5].to_csv(path)  # to_csv writes the index first, under an empty name
+    assert path.read_text().startswith(",id,size")
+    with caplog.at_level("INFO"):
+        dm = prepared(train_csv=str(path), target="label", id_column="id", val_fraction=0.2)
+    assert dm.feature_names == ["size", "color=blue", "color=green", "color=red"]
+    assert "the first 1 column(s) have no name in the header" in caplog.text
+    kept = frame[frame["size"] > 5].reset_index(drop=True)
+    columns = dm.row_columns()
+    assert columns["id"] == [kept["id"][r] for r in columns["row"]]  # `row` is still read_csv(index_col=0)'s iloc
+
+    short = tmp_path / "short.csv"
+    short.write_text(",x,label\n0,1.5,a\n2.5,b\n")
+    with pytest.raises(DataError, match=r"line 3 of .*short.csv has 2 fields but the header has 3"):
+        prepared(train_csv=str(short), target="label")
+
+
 def test_a_column_that_counts_the_rows_warns_and_the_inferred_task_is_said(tmp_path, caplog):
-    # pandas' to_csv writes its index as a first column "Unnamed: 0"; with rows sorted by class it leaks the label
+    # a DataFrame index saved twice through pandas comes back as a column "Unnamed: 0"; sorted by class it leaks
     rows = [[str(i), *row] for i, row in enumerate(sorted(animal_rows(40), key=lambda r: r[3]))]
     path = write_csv(tmp_path / "t.csv", ["Unnamed: 0", *HEADER], rows)
     with caplog.at_level("INFO"), pytest.warns(UserWarning, match=r"column 'Unnamed: 0' .* counts the rows"):
