@@ -20,7 +20,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data.dataloader import default_collate
 
 from lightning_lossval.mixin import LossValHook
@@ -87,12 +87,23 @@ class EpochRandomSampler(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
 
+class EpochSequentialSampler(SequentialSampler):
+    """The dataset's order, keeping the epoch Lightning sets, so that a resumed
+    :class:`IndexedDataLoader` knows which epoch its saved state belongs to."""
+
+    epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+
 class IndexedDataLoader(DataLoader):
     """A ``DataLoader`` that can resume in the middle of an epoch.
 
     Lightning stores ``state_dict()`` (the batches delivered so far in this epoch) in checkpoints
     and hands it back to ``load_state_dict`` on resume; the next epoch's iteration then skips
-    the batches that were already trained on. With the epoch-seeded order of
+    the batches that were already trained on, if it is the epoch the state was saved in (the
+    sampler's ``epoch``, where it keeps one). With the epoch-seeded order of
     :class:`EpochRandomSampler` (or Lightning's ``DistributedSampler``) a run killed mid-epoch
     and resumed sees exactly the batches an uninterrupted run would.
     """
@@ -100,24 +111,35 @@ class IndexedDataLoader(DataLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._delivered = 0
-        self._skip = 0
+        self._skip: tuple[int, int | None] = (0, None)  # (batches, epoch) to skip, from load_state_dict
 
     def __iter__(self):
-        skip = self._skip if self._skip < len(self) else 0  # a state saved at epoch end starts afresh
-        self._skip, self._delivered = 0, 0
-        return self._iterate(super().__iter__(), skip)
+        skip, self._skip, self._delivered = self._skip, (0, None), 0
+        return self._iterate(super().__iter__(), *skip)
 
-    def _iterate(self, batches, skip: int):
+    def _iterate(self, batches, skip: int, epoch: int | None):
+        # Decided at the first fetch: Lightning may create the iterator before it sets the next epoch on
+        # the sampler (a state saved on the last batch an epoch's limit_train_batches allows), and that
+        # epoch starts afresh; so does one whose saved state covers the whole loader.
+        if skip >= len(self) or (epoch is not None and epoch != self._epoch()):
+            skip = 0
         for batch in batches:
             self._delivered += 1
             if self._delivered > skip:
                 yield batch
 
-    def state_dict(self) -> dict[str, int]:
-        return {"delivered": self._delivered}
+    def _epoch(self) -> int | None:
+        """The epoch Lightning set on the sampler (``set_epoch``), if the sampler keeps one."""
+        for sampler in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+            if isinstance(getattr(sampler, "epoch", None), int):
+                return sampler.epoch
+        return None
 
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        self._skip = int(state_dict["delivered"])
+    def state_dict(self) -> dict[str, int | None]:
+        return {"delivered": self._delivered, "epoch": self._epoch()}
+
+    def load_state_dict(self, state_dict: dict[str, int | None]) -> None:
+        self._skip = (int(state_dict["delivered"]), state_dict.get("epoch"))
 
 
 def default_seed() -> int:
@@ -161,6 +183,8 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
     sampler = loader.sampler
     if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
         sampler = EpochRandomSampler(dataset, default_seed() if seed is None else seed)
+    elif type(sampler) is SequentialSampler:
+        sampler = EpochSequentialSampler(dataset)
     return IndexedDataLoader(
         dataset, batch_size=loader.batch_size, sampler=sampler, drop_last=loader.drop_last, **common
     )

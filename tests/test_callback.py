@@ -147,6 +147,59 @@ def test_resume_equals_uninterrupted_run(tmp_path, objective):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+class Crash(Exception):
+    pass
+
+
+class CrashingNet(Net):
+    """Records the batches it trains on; raises at ``crash_at`` (a global step)."""
+
+    def __init__(self, crash_at=None):
+        super().__init__()
+        self.crash_at, self.seen = crash_at, []
+
+    def training_step(self, batch, batch_idx):
+        if self.global_step == self.crash_at:
+            raise Crash
+        self.seen.append((self.current_epoch, batch[1].tolist()))
+        return super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("shuffle", [True, False], ids=["shuffled", "in-order"])
+def test_resume_from_the_last_batch_a_limited_epoch_allows(tmp_path, shuffle):
+    # the checkpoint at step 5 is taken on the last batch limit_train_batches lets epoch 0 have: the
+    # resumed run must start epoch 1 from its first batch, not skip the 5 batches of epoch 0 again
+    class Data(BlobData):
+        def train_dataloader(self):
+            return torch.utils.data.DataLoader(self.train_set, batch_size=self.batch_size, shuffle=shuffle)
+
+    def run(root, crash_at=None, ckpt_path=None):
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=5, save_last=True)
+        L.seed_everything(0)  # the same initial network in every run
+        model = CrashingNet(crash_at)
+        try:
+            _, _, cb = fit(
+                root,
+                model=model,
+                data=IndexedDataModule(Data()),
+                callbacks=[checkpoint],
+                enable_checkpointing=True,
+                limit_train_batches=5,
+                deterministic=True,
+                ckpt_path=ckpt_path,
+            )
+        except Crash:
+            return None, model
+        return cb, model
+
+    straight, seen = run(tmp_path / "straight")
+    assert run(tmp_path / "first", crash_at=7)[0] is None
+    resumed, seen_resumed = run(tmp_path / "second", ckpt_path=tmp_path / "first" / "ckpt" / "last.ckpt")
+    assert seen_resumed.seen == [s for s in seen.seen if s[0] > 0]  # epochs 1 and 2, batch for batch
+    assert torch.equal(resumed.visits, straight.visits) and int(straight.visits.sum()) == 3 * 5 * 32
+    assert (straight.values - resumed.values).abs().max().item() <= 1e-6
+
+
 STORES = pytest.mark.parametrize(
     "objective, sparse", [("paper", False), ("paper", True), ("default", None)], ids=["dense", "sparse", "default"]
 )
