@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -23,10 +24,11 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data.dataloader import default_collate
 
-from lightning_lossval.mixin import LossValHook
-
 BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 EVAL_LOADERS = ("val_dataloader", "test_dataloader", "predict_dataloader")
+UNWRAPPING: weakref.WeakSet = weakref.WeakSet()
+"""The modules whose training step takes the indices off the batches (``patching.patch`` adds a
+module, ``patching.restore`` removes it): with none, an indexed batch would reach a user's step."""
 
 
 class Indexed(NamedTuple):
@@ -123,6 +125,12 @@ class IndexedDataLoader(DataLoader):
         # epoch starts afresh; so does one whose saved state covers the whole loader.
         if skip >= len(self) or (epoch is not None and epoch != self._epoch()):
             skip = 0
+        if not UNWRAPPING:
+            rank_zero_warn(
+                "this loader's batches are Indexed(index, data) for LossValCallback, and no module is being fitted "
+                "with one: a training_step would receive the sample indices as its batch. Add LossValCallback(...) "
+                "to the Trainer's callbacks, or train on the loader or DataModule it wraps"
+            )
         for batch in batches:
             self._delivered += 1
             if self._delivered > skip:
@@ -296,12 +304,6 @@ class IndexedDataModule(LightningDataModule):
     def setup(self, stage: str) -> None:
         self.datamodule.trainer = self.trainer
         self.datamodule.setup(stage)
-        if stage == "fit" and self.trainer is not None:
-            if not any(isinstance(c, LossValHook) for c in self.trainer.callbacks):
-                rank_zero_warn(
-                    "IndexedDataModule makes training batches Indexed(index, data), but no LossValCallback is "
-                    "attached to take the indices off again: add LossValCallback(...) to the Trainer's callbacks"
-                )
 
     def teardown(self, stage: str) -> None:
         self.datamodule.teardown(stage)

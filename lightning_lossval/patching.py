@@ -33,7 +33,7 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 
-from lightning_lossval.data import BATCH_HOOKS, on_inner_batch
+from lightning_lossval.data import BATCH_HOOKS, UNWRAPPING, on_inner_batch
 from lightning_lossval.mixin import HOOK, WEIGHTS, LossValHook, weights_entry
 from lightning_lossval.stores import GROUP_NAME
 
@@ -64,6 +64,7 @@ def patch(pl_module: LightningModule, hook: LossValHook, training_step: Callable
             names.append(name)
     setattr(pl_module, HOOK, hook)
     pl_module.__dict__[PATCHED] = names
+    UNWRAPPING.add(pl_module)
 
 
 def after_setup(pl_module: LightningModule, then: Callable[[], None]) -> None:
@@ -89,6 +90,7 @@ def restore(pl_module: LightningModule) -> None:
     for name in pl_module.__dict__.pop(PATCHED, ()):
         pl_module.__dict__.pop(name, None)
         pl_module._parameters.pop(name, None)  # the dense weights
+    UNWRAPPING.discard(pl_module)
 
 
 def is_patched(pl_module: LightningModule) -> bool:
