@@ -221,6 +221,7 @@ class LossValCallback(Callback):
         self._noisy = noisy_mask(self.noisy_mask, trainer, self._store.numel())
         self._checked_shapes = False
         self._last_logged_step = -1
+        self._automatic = pl_module.automatic_optimization
         self._started = True
 
     @override
@@ -291,7 +292,9 @@ class LossValCallback(Callback):
             output = step(batch.data, *args, **kwargs)
         finally:
             self._step, self.in_training_step = None, False
-        if self._calls == 0 and output is not None:  # None: the step skips this batch, as Lightning allows
+        if output is None and self._automatic:  # the step skips this batch, as Lightning allows
+            self._store.skip_batch()
+        elif self._calls == 0 and output is not None:
             raise ConfigError(
                 "training_step did not call self.lossval_loss(per_sample_losses): LossVal needs one loss per "
                 "sample; compute the loss with reduction='none' and return self.lossval_loss(losses)"

@@ -344,7 +344,13 @@ def lossval_objective(
     solver = objective.sinkhorn
     eps_list = validation.schedule
     if eps_list is None:
-        eps_list = epsilon_schedule(solver.p, batch_diameter(x, y), solver.blur, solver.scaling)
+        diameter = batch_diameter(x, y)
+        if not math.isfinite(diameter):
+            raise DataError(
+                "this training batch's features hold NaN or inf, so their transport to the validation set is "
+                "undefined: clean or drop those rows, or skip such batches in training_step before lossval_loss"
+            )
+        eps_list = epsilon_schedule(solver.p, diameter, solver.blur, solver.scaling)
     if validation.labels is not None and labels is None:
         raise DataError("label_weight > 0 needs the batch's targets: pass labels=...")
     y_labels, scale = validation.labels, validation.label_scale

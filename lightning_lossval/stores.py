@@ -43,7 +43,8 @@ class _Store:
 
     def __init__(self, n: int) -> None:
         self.visits = torch.zeros(n, dtype=torch.long)
-        self.pending: list[tuple[Tensor, Tensor | None]] = []  # (index, leaf) of each micro-batch since the step
+        # (index, leaf, counts) of each LossVal loss since the step; counts: its batch's first in its training step
+        self.pending: list[tuple[Tensor, Tensor | None, bool]] = []
         self.fresh = 0  # pending[fresh:] came from the running training step
         self.selected = 0  # batches whose LossVal loss was computed in this fit
         self.applied = False  # an optimizer step carried the LossVal gradient of its own training step
@@ -54,12 +55,27 @@ class _Store:
     def begin_batch(self) -> None:
         self.fresh = len(self.pending)
 
-    def _taken(self) -> tuple[Tensor, bool]:
-        """The pending indices and whether the running training step added some; empties ``pending``."""
-        index, fresh = torch.cat([i for i, _ in self.pending]), len(self.pending) > self.fresh
+    def skip_batch(self) -> None:
+        """Forget the running training step's LossVal losses: it returned None, so Lightning skips its
+        backward and step (automatic optimization), and its rows were not trained on."""
+        self.selected -= len(self.pending) - self.fresh
+        del self.pending[self.fresh :]
+
+    def _select(self, index: Tensor, leaf: Tensor | None) -> None:
+        # a second LossVal loss of the same batch in one training step is not a second visit of its rows
+        counts = not any(torch.equal(i, index) for i, _, _ in self.pending[self.fresh :])
+        self.pending.append((index, leaf, counts))
+        self.selected += 1
+
+    def _taken(self) -> tuple[Tensor, Tensor, bool]:
+        """The pending indices, which of them count as visits, and whether the running training step added
+        some; empties ``pending``."""
+        index = torch.cat([i for i, _, _ in self.pending])
+        counts = torch.cat([torch.full_like(i, c, dtype=torch.bool) for i, _, c in self.pending])
+        fresh = len(self.pending) > self.fresh
         self.pending.clear()
         self.fresh = 0
-        return index, fresh
+        return index, counts, fresh
 
     def _load_visits(self, state: dict[str, Any]) -> None:
         if state["weights"].numel() != self.numel():
@@ -92,20 +108,20 @@ class DenseWeights(_Store):
 
     def select(self, index: Tensor) -> Tensor:
         index = index.to(self.weights.device)
-        self.pending.append((index, None))
-        self.selected += 1
+        self._select(index, None)
         return self.weights[index]
 
     def step(self, trainer: Trainer) -> None:
         """Count the visits; the user's optimizer steps the parameter."""
         if not self.pending:
             return
-        index, fresh = self._taken()
+        index, counts, fresh = self._taken()
         grad = self.weights.grad
         self.applied = self.applied or (fresh and grad is not None and bool(grad.any()))
+        visited = index[counts]
         if trainer.world_size > 1:
-            index = _gather(trainer, index[None])[0]
-        self.visits.index_add_(0, index, torch.ones_like(index))
+            visited = _gather(trainer, visited[None])[0]
+        self.visits.index_add_(0, visited, torch.ones_like(visited))
 
     def values(self) -> Tensor:
         return self.weights.detach()
@@ -148,27 +164,26 @@ class SparseWeights(_Store):
     def select(self, index: Tensor) -> Tensor:
         index = index.to(self.weights.device)
         leaf = self.weights[index].requires_grad_(True)
-        self.pending.append((index, leaf))
-        self.selected += 1
+        self._select(index, leaf)
         return leaf
 
     def step(self, trainer: Trainer) -> None:
         """Gather this step's ``(index, gradient)`` pairs from every rank and update those samples."""
         if not self.pending:
             return
-        self.applied = self.applied or any(w.grad is not None for _, w in self.pending[self.fresh :])
-        grad = torch.cat([torch.zeros_like(w) if w.grad is None else w.grad for _, w in self.pending])
-        index, _ = self._taken()
+        self.applied = self.applied or any(w.grad is not None for _, w, _ in self.pending[self.fresh :])
+        grad = torch.cat([torch.zeros_like(w) if w.grad is None else w.grad for _, w, _ in self.pending])
+        index, counts, _ = self._taken()
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None:  # fp16 AMP: the loss was scaled, these gradients were not unscaled
             grad = grad / scaler.get_scale()
         if trainer.world_size > 1:
-            gathered = _gather(trainer, torch.stack([index.double(), grad.double()]))  # one collective for both
-            index, grad = gathered[0].long(), gathered[1].to(grad.dtype)
+            gathered = _gather(trainer, torch.stack([index.double(), grad.double(), counts.double()]))  # one collective
+            index, grad, counts = gathered[0].long(), gathered[1].to(grad.dtype), gathered[2].bool()
             grad = grad / trainer.world_size  # what DDP's averaging all-reduce does to a dense parameter
             for name in self.rule.synced:
                 self.state[name] = trainer.strategy.all_gather(self.state[name]).mean(0)
-        self.visits.index_add_(0, index, torch.ones_like(index))
+        self.visits.index_add_(0, index[counts], torch.ones_like(index[counts]))
         if not torch.isfinite(grad).all():
             return  # an overflowing fp16 step (the GradScaler skips it for the network too) or a NaN loss
         index, grad = coalesce(index, grad)

@@ -444,6 +444,44 @@ def test_a_nan_loss_leaves_the_sparse_weights_finite(tmp_path):
     assert torch.isfinite(cb.values).all() and int((cb.values != 1).sum()) == 32
 
 
+@STORES
+def test_a_batch_whose_step_takes_two_lossval_losses_is_one_visit(tmp_path, objective, sparse):
+    class TwoTerms(Net):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            plain = F.cross_entropy(self(x), y, reduction="none")
+            smooth = F.cross_entropy(self(x), y, reduction="none", label_smoothing=0.1)
+            return self.lossval_loss(plain) + 0.5 * self.lossval_loss(smooth)
+
+    _, _, cb = fit(tmp_path, model=TwoTerms(), epochs=2, callback=LossValCallback(objective=objective, sparse=sparse))
+    assert torch.equal(cb.visits, torch.full((400,), 2))  # two epochs, each row in one batch per epoch
+    assert (cb.values != 1).all() and torch.isfinite(cb.values).all()
+
+
+@STORES
+def test_a_batch_skipped_after_its_lossval_loss_is_not_a_visit(tmp_path, objective, sparse):
+    class Guarded(Net):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = self.lossval_loss(F.cross_entropy(self(x), y, reduction="none"))
+            return None if (x[:, 0] == 1e3).any() else loss  # a guard after the LossVal loss skips the batch
+
+    data = BlobData()
+    data.train_set.tensors[0][7, 0] = 1e3  # the row the guard finds: its batch is skipped on every epoch
+    callback = LossValCallback(objective=objective, sparse=sparse)
+    _, _, cb = fit(tmp_path, model=Guarded(), data=IndexedDataModule(data), epochs=2, callback=callback)
+    assert cb.visits[7] == 0 and cb.values[7] == 1  # never trained on: unmeasured, as values.csv says
+    assert 400 - 2 * 32 <= int((cb.visits == 2).sum()) < 400  # its batch-mates lost that epoch's visit
+    assert torch.isfinite(cb.values).all()
+
+
+def test_non_finite_features_under_the_paper_preset_say_so(tmp_path):
+    data = BlobData()
+    data.train_set.tensors[0][7, 3] = float("nan")
+    with pytest.raises(DataError, match=r"features hold NaN or inf.*clean or drop those rows"):
+        fit(tmp_path, data=IndexedDataModule(data), epochs=1, callback=LossValCallback(objective="paper"))
+
+
 class _ValidationSpy(L.Callback):
     """Records, at every epoch start after LossVal's refresh, its validation features and the network's."""
 
