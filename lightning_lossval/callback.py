@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
@@ -311,6 +311,12 @@ class LossValCallback(Callback):
         features = features.detach().reshape(features.shape[0], -1)
         if not self._checked_shapes:
             _check_batch(index, features, self._store.numel(), self._validation.features.shape[1])
+            if index.shape[0] == 1 and self.preset.update.name == "balanced":
+                rank_zero_warn(
+                    "the first training batch holds one row: the default update moves a row's weight by how it "
+                    "compares with the rest of its batch, so batches of one row teach the weights nothing; use a "
+                    "batch size of at least 2"
+                )
             self._checked_shapes = True
         self._calls += 1
         objective, rule = self.preset

@@ -66,9 +66,11 @@ def weight_histogram(weights: Tensor, bins: int = 64) -> dict[str, Any]:
     }
 
 
-def _cell(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.9g}"
+def _cell(value: Any, key: str = "value") -> str:
+    if isinstance(value, float):  # the weights to 9 digits; other numbers (a regression target) exactly
+        if key == "value":
+            return f"{value:.9g}"
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
     if isinstance(value, bool):
         return "yes" if value else ""
     return str(value)
@@ -82,7 +84,7 @@ def table_csv(rows: list[dict[str, Any]]) -> bytes:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: _cell(v, k) for k, v in row.items()} for row in rows)
     return out.getvalue().encode()
 
 

@@ -152,8 +152,11 @@ class TabularDataModule(LightningDataModule):
                 f"--data.noise_rate {noise_rate} corrupts nothing with --data.noise none; name a kind: "
                 "--data.noise label, feature or mixed"
             )
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise DataError(f"--data.batch_size is the number of rows per training batch, >= 1; got {batch_size!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
+            raise DataError(
+                f"--data.batch_size is the number of rows per training batch, >= 2 (LossVal compares each row with "
+                f"the rest of its batch); got {batch_size!r}"
+            )
         if val_csv is None and val_df is None and not 0.0 < val_fraction < 1.0:
             raise DataError(
                 f"--data.val_fraction must be strictly between 0 and 1, got {val_fraction}; "
@@ -196,15 +199,16 @@ class TabularDataModule(LightningDataModule):
                 f"which tells the target when the rows are sorted by it. {column_hints(column)}"
             )
         self.task = self._resolve_task(train)
+        names = self._class_names(train, target=hp.target)[0] if self.task == "classification" else None
+        if hp.task == "auto":
+            kind = f"{len(set(names))} classes" if names is not None else "a numeric target"
+            rank_zero_info(f"TabularDataModule: task {self.task} ({kind}), inferred; set --data.task to change it")
         if val is None:
-            strata = self._class_names(train, target=hp.target)[0] if self.task == "classification" else None
+            strata = names
             train, val = split_rows(train, hp.val_fraction, hp.seed, strata)
 
         x_train, x_val, self.feature_names = encode_features(train, val, features, hp.categorical)
         y_train, y_val = self._encode_target(train, val)
-        if hp.task == "auto":
-            kind = f"{len(self.classes)} classes" if self.task == "classification" else "a numeric target"
-            rank_zero_info(f"TabularDataModule: task {self.task} ({kind}), inferred; set --data.task to change it")
 
         num_classes = len(self.classes) if self.task == "classification" else None
         x_train, y_train, mask = inject_noise(hp.noise, x_train, y_train, hp.noise_rate, hp.seed, num_classes)
@@ -301,8 +305,17 @@ class TabularDataModule(LightningDataModule):
         targets with at most ``MAX_AUTO_CLASSES`` values, regression otherwise."""
         if self.hparams.task != "auto":
             return self.hparams.task
-        numbers = [to_float(v) for v in train.column(self.hparams.target)]
-        if None in numbers or (all(v.is_integer() for v in numbers) and len(set(numbers)) <= MAX_AUTO_CLASSES):
+        values = train.column(self.hparams.target)
+        numbers = [to_float(v) for v in values]
+        bad = [i for i, x in enumerate(numbers) if x is None]
+        if bad and len(bad) <= 0.05 * len(values):  # a numeric column with a few broken cells, not class names
+            shown = listing([f"{train.at(train.lines[i])}: {values[i]!r}" for i in bad], quote=False)
+            raise DataError(
+                f"the target {self.hparams.target!r} is a number in {len(values) - len(bad)} of {len(values)} rows but "
+                f"not in {shown}; fix those cells (an empty cell is a missing value, see --data.missing), or set "
+                "--data.task classification if the target's values are class names"
+            )
+        if bad or (all(v.is_integer() for v in numbers) and len(set(numbers)) <= MAX_AUTO_CLASSES):
             return "classification"
         return "regression"
 
@@ -338,5 +351,10 @@ class TabularDataModule(LightningDataModule):
                 raise DataError(
                     f"{val.at(line)}: target {value!r} is not one of the {len(self.classes)} training classes "
                     f"({listing(self.classes)}); remove such validation rows or add training rows of that class"
+                    + (
+                        "; or, if the target is a number, set --data.task regression"
+                        if self.hparams.task == "auto"
+                        else ""
+                    )
                 )
         return tuple(torch.tensor([index[v] for v in t], dtype=torch.long) for t in (values, val_values))

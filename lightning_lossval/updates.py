@@ -53,7 +53,10 @@ class UpdateRule:
 
 def _positive_lr(rule: UpdateRule) -> None:
     if not (isinstance(rule.lr, (int, float)) and rule.lr > 0):
-        raise ConfigError(f"{type(rule).__name__}.lr must be a positive number, got {rule.lr!r}")
+        raise ConfigError(
+            f"the weights' learning rate (lr, --lossval.lr on the command line) must be a positive number, got "
+            f"{rule.lr!r}"
+        )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc
 
-from lightning_lossval import IndexedDataModule, LossValCallback
+from lightning_lossval import IndexedDataModule, LossValCallback, index_dataloader
 from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.models import MLP
 from lightning_lossval.stores import GROUP_NAME
@@ -234,10 +234,15 @@ def test_manual_optimization(tmp_path):
     assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
 
 
-def test_indexed_data_without_the_callback_warns(tmp_path):
+@pytest.mark.parametrize("wrapped", ["datamodule", "loader"])
+def test_indexed_data_without_the_callback_warns(tmp_path, wrapped):
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, **TRAINER_ARGS)
-    with pytest.warns(UserWarning, match="no LossValCallback"), pytest.raises(RuntimeError):
-        trainer.fit(Net(), IndexedDataModule(BlobData()))  # Net's training_step cannot unpack Indexed
+    data = IndexedDataModule(BlobData())
+    if wrapped == "loader":  # trainer.fit(model, index_dataloader(loader)), as a user may wire it by hand
+        data = index_dataloader(BlobData().train_dataloader())
+    with pytest.warns(UserWarning, match=r"no module is being fitted with one.*Add LossValCallback"):
+        with pytest.raises(RuntimeError):
+            trainer.fit(Net(), data)  # Net's training_step cannot unpack Indexed
 
 
 def test_plain_training_and_inference_without_the_callback(tmp_path):
@@ -480,6 +485,13 @@ def test_non_finite_features_under_the_paper_preset_say_so(tmp_path):
     data.train_set.tensors[0][7, 3] = float("nan")
     with pytest.raises(DataError, match=r"features hold NaN or inf.*clean or drop those rows"):
         fit(tmp_path, data=IndexedDataModule(data), epochs=1, callback=LossValCallback(objective="paper"))
+
+
+def test_batches_of_one_row_are_said_to_teach_the_default_nothing(tmp_path):
+    data = BlobData(n=40, batch_size=1)
+    with pytest.warns(UserWarning, match=r"first training batch holds one row.*at least 2"):
+        _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=1)
+    assert (cb.values == 1).all()  # what the warning is about: no row stands out from a batch of itself
 
 
 class _ValidationSpy(L.Callback):

@@ -346,9 +346,7 @@ def test_trainer_sees_every_index_once():
     inner = InnerData(n=N, batch_size=4)
     module = RecordingModule()
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, num_sanity_val_steps=0, **TRAINER_ARGS)
-    # no LossValCallback takes the indices off: the step gets Indexed batches, and the user is told
-    with pytest.warns(UserWarning, match=r"Indexed\(index, data\) for LossValCallback, and no module is being fitted"):
-        trainer.fit(module, IndexedDataModule(inner, seed=0))
+    trainer.fit(module, IndexedDataModule(inner, seed=0))
     assert sorted(module.train_indices) == list(range(N))
     assert module.train_indices != list(range(N))  # shuffled by the EpochRandomSampler
     assert module.val_batches == 2  # 6 val samples, batch size 3, passed through unindexed

@@ -332,7 +332,7 @@ def test_a_mapping_of_fields_starts_from_the_default_preset():
         ({"ot_share": -0.1}, "ot_share"),
         ({"ot_share": "half"}, "ot_share"),
         ({"ot_share_max": 0.0}, "ot_share_max"),
-        ({"lr": -1}, "lr must be a positive"),
+        ({"lr": -1}, r"learning rate \(lr, --lossval.lr .*\) must be a positive"),
     ],
 )
 def test_every_misspelt_or_invalid_option_is_refused(spec, message):

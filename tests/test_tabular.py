@@ -264,6 +264,7 @@ def error_cases(tmp_path):
         (dict(train_csv=ok, target="label", val_fraction=1.0), r"--data.val_fraction must be strictly between 0 and 1"),
         (dict(train_csv=ok, target="label", task="ranking"), r"--data.task must be one of auto"),
         (dict(train_csv=ok, target="label", batch_size=0), r"--data.batch_size is the number of rows .*; got 0"),
+        (dict(train_csv=ok, target="label", batch_size=1), r"--data.batch_size .*>= 2 \(LossVal compares .*got 1"),
     ]
 
 
@@ -596,3 +597,34 @@ def test_a_validation_file_needs_only_the_columns_that_are_used(tmp_path):
     assert torch.equal(y_val, torch.tensor([1, 0])) and torch.equal(
         x_val[:, 1:], torch.tensor([[0.0, 0, 0], [0, 1, 0]])
     )
+
+
+def test_a_numeric_target_with_a_broken_cell_is_refused_not_made_classes(tmp_path):
+    rows = [[str(i), f"{100 + 7.5 * i:.2f}"] for i in range(60)]
+    rows[9][1] = "?"
+    path = write_csv(tmp_path / "t.csv", ["x", "price"], rows)
+    with pytest.raises(DataError, match=r"'price' is a number in 59 of 60 rows but not in line 11 of .*t.csv: '\?'"):
+        prepared(train_csv=path, target="price")
+    with pytest.raises(DataError, match=r"line 11 of .*t.csv, column 'price': '\?' is not a number"):
+        prepared(train_csv=path, target="price", task="regression")
+
+
+def test_an_unseen_validation_value_of_an_inferred_integer_target_names_the_task_option(tmp_path, caplog):
+    train = write_csv(tmp_path / "t.csv", ["x", "score"], [[str(i), str(i % 12)] for i in range(48)])
+    val = write_csv(tmp_path / "v.csv", ["x", "score"], [["1", "13"]])
+    with caplog.at_level("INFO"), pytest.raises(DataError, match=r"'13' is not one of .*set --data.task regression"):
+        prepared(train_csv=train, val_csv=val, target="score")
+    assert "task classification (12 classes), inferred" in caplog.text  # said before the error
+
+
+def test_regression_targets_in_the_values_file_are_the_files_numbers(tmp_path):
+    values = ["1248430123", "0.000676", "733555.72", "-3", "1e-07", "12.5"] * 5
+    path = write_csv(tmp_path / "t.csv", ["x", "y"], [[str(i), v] for i, v in enumerate(values)])
+    dm = prepared(train_csv=path, target="y", val_fraction=0.2)
+    assert dm.row_columns()["target"] == [float(values[r]) for r in dm.row_columns()["row"]]
+    from lightning_lossval.report import save_values
+
+    path = save_values(tmp_path / "run", torch.ones(len(dm.train_set)), dm.row_columns())
+    with open(path) as f:
+        written = {int(r["row"]): r["target"] for r in csv.DictReader(f)}
+    assert written == {r: values[r] for r in dm.row_columns()["row"]}  # the file's own spelling, all digits

@@ -280,7 +280,7 @@ def test_rules_own_their_options_state_and_store():
     assert Normalized().state(3) == {} and set(Balanced().state(3)) == {"loss_scale", "ratio", "step_scale"}
     assert Balanced.synced == ("loss_scale", "ratio")
     for bad, message in (
-        (lambda: Balanced(lr=0), "lr must be a positive"),
+        (lambda: Balanced(lr=0), r"learning rate \(lr, --lossval.lr .*\) must be a positive"),
         (lambda: Balanced(ot_share=-0.1), "ot_share"),
         (lambda: Balanced(ot_share="half"), "ot_share"),
         (lambda: Balanced(ot_share_max=0.0), "ot_share_max"),
