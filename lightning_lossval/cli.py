@@ -24,6 +24,7 @@ import argparse
 import inspect
 import shutil
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,20 @@ class LossValCLI(LightningCLI):
             target = f"model.init_args.{parameter}"
             parser.link_arguments("data", target, compute_fn=data_size(attribute), apply_on="instantiate")
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's reading of the checkpoint's hyperparameters, after checking that the file is one."""
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if isinstance(ckpt, str) and ckpt not in ("last", "best", "hpc") and not ckpt.startswith("registry"):
+            if not Path(ckpt).is_file():
+                raise ConfigError(
+                    f"--ckpt_path {ckpt}: no such file; give a checkpoint a fit saved (lightning_logs/version_N/"
+                    "checkpoints/*.ckpt under the run's folder)"
+                )
+            if not zipfile.is_zipfile(ckpt):
+                raise ConfigError(f"--ckpt_path {ckpt} is not a checkpoint (not a file torch.save wrote)")
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         if self._get(self.config, "lr_scheduler") and not self._get(self.config, "optimizer"):
             raise ConfigError(  # LightningCLI would drop the scheduler silently
@@ -97,6 +112,13 @@ class LossValCLI(LightningCLI):
             own, data = configured.get(parameter), kwargs[parameter]
             if own is not None:
                 if data is not None and own != data:
+                    ckpt = self._get(self.config, "ckpt_path")
+                    if ckpt is not None:  # LightningCLI took the model's hyperparameters from the checkpoint
+                        raise ConfigError(
+                            f"the checkpoint {ckpt} holds a model with {parameter} = {own!r}, but the data has "
+                            f"{DATA_SIZES[parameter]} = {data!r}: it was made on other data and cannot resume on "
+                            "this; give the training data it was made with, or start without --ckpt_path"
+                        )
                     raise ConfigError(
                         f"model.init_args.{parameter} is {own!r} (from your config or {class_type.__name__}'s "
                         f"default), but the data has {DATA_SIZES[parameter]} = {data!r}; remove it from the "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -182,6 +184,38 @@ def test_the_options_a_column_hint_names_can_be_pasted(tmp_path, name):
     assert built.datamodule.hparams.id_column == name
     built = LossValCLI(args=[*base, *shlex.split(drop), *one_epoch(tmp_path)], run=False)
     assert built.datamodule.hparams.drop_columns == [name]
+
+
+def test_a_checkpoint_that_cannot_resume_this_run_says_why(tmp_path, capsys):
+    def fit_csv(name, columns, *args):
+        rows = [[str((i * (c + 3)) % 11) for c in range(columns)] + [str(i % 2)] for i in range(60)]
+        path = str(tmp_path / f"{name}.csv")
+        write_csv(path, [f"x{c}" for c in range(columns)] + ["y"], rows)
+        with pytest.raises(SystemExit) if args else contextlib.nullcontext() as exit_info:
+            run(
+                tmp_path / name,
+                "csv.yaml",
+                "--data.train_csv",
+                path,
+                "--data.target",
+                "y",
+                *one_epoch(tmp_path / name),
+                *args,
+            )
+        return exit_info
+
+    fit_csv("wide", 5)
+    saved = next((tmp_path / "wide").rglob("*.ckpt"))
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    for ckpt, message in (
+        (tmp_path / "nope.ckpt", r"--ckpt_path .*nope.ckpt: no such file; give a checkpoint a fit saved"),
+        (tmp_path / "notes.ckpt", r"--ckpt_path .*notes.ckpt is not a checkpoint"),
+        (saved, r"holds a model with num_inputs = 5, but the data has num_features = 3: it was made on other data"),
+    ):
+        assert fit_csv("narrow", 3, "--ckpt_path", str(ckpt)).value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("lossval: error: ") and "Traceback" not in err
+        assert re.search(message, err), err
 
 
 def test_csv_config_without_data_says_which_option_to_set(capsys):
