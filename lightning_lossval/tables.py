@@ -86,6 +86,13 @@ def read_csv(path: str) -> Table:
                     continue
                 record = [cell.strip() for cell in record]
                 if header is None:
+                    if record == [""]:  # a line of spaces before the header: nothing yet
+                        continue
+                    if len(record) == 1 and (sep := next((c for c in ";\t|" if c in record[0]), None)):
+                        raise DataError(
+                            f"the header of {path} is one column, {record[0]!r}: the file seems separated by "
+                            f"{sep!r} rather than commas; save it as comma-separated CSV"
+                        )
                     skip = _index_columns(record, path)
                     header = record[skip:]
                     check_header(header, path)
@@ -100,6 +107,10 @@ def read_csv(path: str) -> Table:
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; check the path given as --data.train_csv / --data.val_csv") from None
     except UnicodeDecodeError as e:
+        with open(path, "rb") as f:
+            packed = {b"\x1f\x8b": "gzip-compressed", b"PK": "a zip archive"}.get(f.read(2))
+        if packed:
+            raise DataError(f"{path} is {packed}; unpack it and give the CSV inside") from None
         raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 CSV") from None
     except csv.Error as e:
         raise DataError(f"line {line + 1} of {path} is not valid CSV ({e}); fix the quoting there") from None
@@ -208,14 +219,17 @@ def same_columns(val: Table, train: Table, needed: list[str]) -> Table:
 def handle_missing(train: Table, val: Table | None, columns: list[str], mode: str) -> tuple[Table, Table | None]:
     tables = [t for t in (train, val) if t is not None]
     bad = [_missing_rows(t, columns) for t in tables]
-    if mode == "error" and any(bad):
+    if not any(bad):
+        return train, val
+    where = _missing_columns(tables, columns)
+    if mode == "error":
         reports = []
         for table, rows in zip(tables, bad):
             if rows:
                 places = listing([table.lines[i] for i in rows], quote=False)
                 reports.append(f"{len(rows)} row(s) of {table.source} ({table.unit}s {places})")
         raise DataError(
-            f"missing values (empty, NA, N/A, NaN, null or none) in feature or target columns: {'; '.join(reports)}. "
+            f"missing values (empty, NA, N/A, NaN, null or none) in {where}: {'; '.join(reports)}. "
             "Fill them in, or drop those rows with --data.missing drop"
         )
     kept = []
@@ -223,54 +237,26 @@ def handle_missing(train: Table, val: Table | None, columns: list[str], mode: st
         dropped = set(rows)
         table = table.take([i for i in range(len(table.rows)) if i not in dropped])
         if not table.rows:
-            raise DataError(f"every row of {table.source} has a missing value in a feature or target column")
+            raise DataError(f"every row of {table.source} has a missing value, in {where}")
         kept.append(table)
     return kept[0], kept[1] if val is not None else None
+
+
+def _missing_columns(tables: list[Table], columns: list[str]) -> str:
+    """Which columns hold the missing cells, for messages; a column empty in every row is named with the way out."""
+    counts = {c: sum(len(_missing_rows(t, [c])) for t in tables) for c in columns}
+    total = sum(len(t.rows) for t in tables)
+    named = [f"{c!r} ({n} row(s))" for c, n in counts.items() if n]
+    text = f"column(s) {listing(named, quote=False)}"
+    empty = [c for c, n in counts.items() if n == total]
+    if empty:
+        text += f"; empty in every row: {listing(empty)}, which {drop_option(empty)} leaves out"
+    return text
 
 
 def _missing_rows(table: Table, columns: list[str]) -> list[int]:
     at = [table.header.index(c) for c in columns]
     return [r for r, row in enumerate(table.rows) if any(row[i].lower() in MISSING_TOKENS for i in at)]
-
-
-def split_rows(train: Table, fraction: float, seed: int, strata: list[str] | None = None) -> tuple[Table, Table]:
-    """Split ``fraction`` of the rows off for validation, at random (``seed``). With ``strata`` (a class
-    per row) each class gives its share, by largest remainder, and keeps at least one training row,
-    so a rare class is not lost to the validation side."""
-    n = len(train.rows)
-    n_val = max(1, round(fraction * n))
-    if n_val >= n:
-        raise DataError(
-            f"{train.source} has {n} usable row(s), too few to split off --data.val_fraction {fraction} for "
-            "validation; add rows or give a validation file with --data.val_csv"
-        )
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    if strata is None:
-        held = order[:n_val]
-    else:
-        groups: dict[str, list[int]] = {}
-        for row in order:
-            groups.setdefault(strata[row], []).append(row)
-        held = [row for group, k in zip(groups.values(), _quotas(groups, fraction, n_val)) for row in group[:k]]
-        if not held:
-            raise DataError(
-                f"no class of {train.source} has two rows, so none can spare one for validation; add rows or give a "
-                "validation file with --data.val_csv"
-            )
-    kept = set(held)
-    return train.take([r for r in range(n) if r not in kept]), train.take(sorted(held))
-
-
-def _quotas(groups: dict[str, list[int]], fraction: float, total: int) -> list[int]:
-    """Validation rows per group: ``fraction`` of each, rounded by largest remainder to ``total`` in
-    all (or fewer, when the groups run out), at most all but one of a group's rows."""
-    sizes = [len(g) for g in groups.values()]
-    caps = [size - 1 for size in sizes]
-    quotas = [min(int(fraction * size), cap) for size, cap in zip(sizes, caps)]
-    for i in sorted(range(len(sizes)), key=lambda i: fraction * sizes[i] - quotas[i], reverse=True):
-        if sum(quotas) < total and quotas[i] < caps[i]:
-            quotas[i] += 1
-    return quotas
 
 
 def encode_features(
@@ -306,7 +292,10 @@ def encode_features(
             blocks.append(tuple(_one_hot(c, index) for c in columns))
             names += [f"{column}={c}" for c in categories]
         else:
-            advice = f"fix it or list {column!r} under data.categorical"
+            advice = (
+                "fix it (an empty cell marks a missing value, see --data.missing), or list "
+                f"{column!r} under data.categorical if its values are categories"
+            )
             x_train, x_val = parse_numbers(train, column, advice), parse_numbers(val, column, advice)
             mean, std = mean_std(x_train)
             blocks.append(((x_train[:, None] - mean) / std, (x_val[:, None] - mean) / std))
@@ -365,10 +354,12 @@ def column_hints(column: str) -> str:
     as_id = f"--data.id_column {shlex.quote(column)}"
     if not plain:
         as_id = f"id_column: {json.dumps(column)} under data.init_args in a config file"
-    return (
-        f"Name it with {as_id} (copied into values.csv) or leave it out with "
-        f"--data.drop_columns {shlex.quote(json.dumps([column], ensure_ascii=False))}"
-    )
+    return f"Name it with {as_id} (copied into values.csv) or leave it out with {drop_option([column])}"
+
+
+def drop_option(columns: list[str]) -> str:
+    """``--data.drop_columns`` naming ``columns``, ready to paste into a shell."""
+    return f"--data.drop_columns {shlex.quote(json.dumps(columns, ensure_ascii=False))}"
 
 
 def number_names(values: list[str]) -> list[str]:

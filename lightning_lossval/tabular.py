@@ -34,7 +34,6 @@ from lightning_lossval.tables import (
     row_counters,
     same_columns,
     sorted_values,
-    split_rows,
     to_float,
 )
 
@@ -56,6 +55,46 @@ def load_builtin(name: str) -> Table:
     header = [str(n) for n in bunch.feature_names] + ["target"]
     rows = [[str(v) for v in x] + [str(t)] for x, t in zip(bunch.data.tolist(), bunch.target.tolist())]
     return Table(f"builtin dataset {name!r}", header, rows, [r + 2 for r in range(len(rows))], list(range(len(rows))))
+
+
+def split_rows(train: Table, fraction: float, seed: int, strata: list[str] | None = None) -> tuple[Table, Table]:
+    """Split ``fraction`` of the rows off for validation, at random (``seed``). With ``strata`` (a class
+    per row) each class gives its share, by largest remainder, and keeps at least one training row,
+    so a rare class is not lost to the validation side."""
+    n = len(train.rows)
+    n_val = max(1, round(fraction * n))
+    if n_val >= n:
+        raise DataError(
+            f"{train.source} has {n} usable row(s), too few to split off --data.val_fraction {fraction} for "
+            "validation; add rows or give a validation file with --data.val_csv"
+        )
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    if strata is None:
+        held = order[:n_val]
+    else:
+        groups: dict[str, list[int]] = {}
+        for row in order:
+            groups.setdefault(strata[row], []).append(row)
+        held = [row for group, k in zip(groups.values(), _quotas(groups, fraction, n_val)) for row in group[:k]]
+        if not held:
+            raise DataError(
+                f"no class of {train.source} has two rows, so none can spare one for validation; add rows or give a "
+                "validation file with --data.val_csv"
+            )
+    kept = set(held)
+    return train.take([r for r in range(n) if r not in kept]), train.take(sorted(held))
+
+
+def _quotas(groups: dict[str, list[int]], fraction: float, total: int) -> list[int]:
+    """Validation rows per group: ``fraction`` of each, rounded by largest remainder to ``total`` in
+    all (or fewer, when the groups run out), at most all but one of a group's rows."""
+    sizes = [len(g) for g in groups.values()]
+    caps = [size - 1 for size in sizes]
+    quotas = [min(int(fraction * size), cap) for size, cap in zip(sizes, caps)]
+    for i in sorted(range(len(sizes)), key=lambda i: fraction * sizes[i] - quotas[i], reverse=True):
+        if sum(quotas) < total and quotas[i] < caps[i]:
+            quotas[i] += 1
+    return quotas
 
 
 class TabularDataModule(LightningDataModule):

@@ -236,7 +236,7 @@ def error_cases(tmp_path):
         (dict(train_csv=ok, val_csv=other, target="label"), r"lacks 'color' and has extra 'colour', 'extra'"),
         (
             dict(train_csv=bad_number, target="label", val_fraction=0.2),
-            r"line 4 of .*bad.csv, column 'size': 'abc' is not a number; fix it or list 'size' under data.categorical",
+            r"line 4 of .*bad.csv, column 'size': 'abc' is not a number; fix it .*or list 'size' under data",
         ),
         (dict(train_csv=ok, val_csv=unseen, target="label"), r"line 3 of .*unseen.csv: target 'bird' is not one of"),
         (dict(train_csv=str(tmp_path / "empty.csv")), r"empty.csv is empty: expected a header line and data rows"),
@@ -628,3 +628,34 @@ def test_regression_targets_in_the_values_file_are_the_files_numbers(tmp_path):
     with open(path) as f:
         written = {int(r["row"]): r["target"] for r in csv.DictReader(f)}
     assert written == {r: values[r] for r in dm.row_columns()["row"]}  # the file's own spelling, all digits
+
+
+def test_missing_values_name_their_columns_and_an_empty_column_the_way_out(tmp_path):
+    rows = [[f"{i * 0.5}", "", str(i % 2)] for i in range(30)]
+    rows[3][0] = "NA"
+    path = write_csv(tmp_path / "t.csv", ["size", "notes", "label"], rows)
+    empty = r"column\(s\) 'size' \(1 row\(s\)\), 'notes' \(30 row\(s\)\); empty in every row: 'notes', which "
+    drop = r"""--data.drop_columns '\["notes"\]' leaves out"""
+    with pytest.raises(DataError, match=empty + drop):
+        prepared(train_csv=path, target="label")
+    with pytest.raises(DataError, match=r"every row of .*t.csv has a missing value, in " + empty + drop):
+        prepared(train_csv=path, target="label", missing="drop")
+    dm = prepared(train_csv=path, target="label", missing="drop", drop_columns=["notes"], val_fraction=0.2)
+    assert len(dm.train_set) + len(dm.val_set) == 29  # the way out works: only the row with NA is dropped
+
+
+def test_files_that_are_not_plain_csv_say_what_they_are(tmp_path):
+    import gzip
+
+    (tmp_path / "blank.csv").write_text("\n  \n\n")
+    (tmp_path / "semi.csv").write_text("size;label\n1.5;a\n2.5;b\n")
+    (tmp_path / "t.csv.gz").write_bytes(gzip.compress(b"size,label\n1.5,a\n2.5,b\n" * 50))
+    (tmp_path / "q.csv").write_text("size,label\n" + "".join(f"{i}.5,{'ab'[i % 2]}\n" for i in range(20)) + "?,a\n")
+    for name, message in (
+        ("blank.csv", r"blank.csv is empty: expected a header line"),
+        ("semi.csv", r"header of .*semi.csv is one column, 'size;label': the file seems separated by ';'"),
+        ("t.csv.gz", r"t.csv.gz is gzip-compressed; unpack it"),
+        ("q.csv", r"'\?' is not a number; fix it \(an empty cell marks a missing value, see --data.missing\)"),
+    ):
+        with pytest.raises(DataError, match=message):
+            prepared(train_csv=str(tmp_path / name), target="label")
