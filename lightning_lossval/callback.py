@@ -310,13 +310,7 @@ class LossValCallback(Callback):
             features = pl_module.lossval_features(batch)
         features = features.detach().reshape(features.shape[0], -1)
         if not self._checked_shapes:
-            _check_batch(index, features, self._store.numel(), self._validation.features.shape[1])
-            if index.shape[0] == 1 and self.preset.update.name == "balanced":
-                rank_zero_warn(
-                    "the first training batch holds one row: the default update moves a row's weight by how it "
-                    "compares with the rest of its batch, so batches of one row teach the weights nothing; use a "
-                    "batch size of at least 2"
-                )
+            _check_batch(index, features, self._store.numel(), self._validation.features.shape[1], self.preset.update)
             self._checked_shapes = True
         self._calls += 1
         objective, rule = self.preset
@@ -386,12 +380,19 @@ def _check_strategy(trainer: Trainer) -> None:
         )
 
 
-def _check_batch(index: Tensor, features: Tensor, n: int, val_dim: int) -> None:
-    """Refuse indices outside ``[0, n)`` and features of another width than the validation side's."""
+def _check_batch(index: Tensor, features: Tensor, n: int, val_dim: int, rule: UpdateRule) -> None:
+    """Refuse indices outside ``[0, n)`` and features of another width than the validation side's; warn
+    when the first batch holds one row under a rule that compares a batch's rows."""
     if index.dtype != torch.long or index.dim() != 1 or int(index.min()) < 0 or int(index.max()) >= n:
         raise DataError(f"sample indices must be a [B] long tensor within [0, {n}); got {index!r}: {INDEX_HELP}")
     if features.shape[1] != val_dim:
         raise DataError(
             f"the training batch has {features.shape[1]} features but the validation features have {val_dim}: "
             "pass val_data represented like the training inputs (or override lossval_features so both match)"
+        )
+    if index.shape[0] == 1 and rule.name == "balanced":
+        rank_zero_warn(
+            "the first training batch holds one row: the default update moves a row's weight by how it compares "
+            "with the rest of its batch, so batches of one row teach the weights nothing; use a batch size of at "
+            "least 2"
         )
