@@ -126,8 +126,9 @@ class TabularDataModule(LightningDataModule):
         train_df, val_df: instead of ``train_csv`` / ``val_csv``, pandas DataFrames (Python only;
             not saved in the hyperparameters). Missing cells (None, NaN, NA) count as missing
             values; ``row`` numbers are positions, ``df.iloc[row]``.
-        task: ``auto``, ``classification`` or ``regression``. ``auto`` picks classification for
-            non-numeric targets and for integer targets with at most 20 distinct values.
+        task: ``auto``, ``classification`` or ``regression``. ``auto``: classification for text targets
+            and for at most 20 distinct integers; a target that is a number in 95 % or more of the
+            rows but not all is refused.
         categorical: columns to one-hot encode; None treats a column as numeric when more than
             half of its training values are numbers, else as categorical, and refuses a
             categorical column that looks like an id (more than 20 distinct values, and more than
@@ -138,7 +139,7 @@ class TabularDataModule(LightningDataModule):
         noise: ``none``, ``label``, ``feature`` or ``mixed``: corrupt training rows on purpose.
         noise_rate: fraction of training rows to corrupt, in [0, 1].
         seed: seed of the validation split and of the noise.
-        batch_size: training batch size.
+        batch_size: training batch size, at least 2 (a row is compared with the rest of its batch).
         num_workers: training DataLoader workers.
     """
 
