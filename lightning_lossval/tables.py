@@ -272,9 +272,7 @@ def encode_features(
         else:
             is_categorical = column in categorical
         if is_categorical:
-            columns = [values, val.column(column)]
-            if all(to_float(v) is not None for v in values):  # category codes: "2" and "2.0" are one category
-                columns = [number_names(c) for c in columns]
+            columns = category_names([values, val.column(column)])
             categories = sorted_values(set(columns[0]))
             if categorical is None and len(categories) > max(MAX_AUTO_CATEGORIES, len(values) // 2):
                 raise DataError(
@@ -360,6 +358,14 @@ def column_hints(column: str) -> str:
 def drop_option(columns: list[str]) -> str:
     """``--data.drop_columns`` naming ``columns``, ready to paste into a shell."""
     return f"--data.drop_columns {shlex.quote(json.dumps(columns, ensure_ascii=False))}"
+
+
+def category_names(columns: list[list[str]]) -> list[list[str]]:
+    """Columns of one variable (training first) as category or class names: as written, or one spelling
+    per number when the training column is all numbers (codes "2" and "2.0" are one category)."""
+    if all(to_float(v) is not None for v in columns[0]):
+        return [number_names(c) for c in columns]
+    return columns
 
 
 def number_names(values: list[str]) -> list[str]:

@@ -22,12 +22,12 @@ from lightning_lossval.errors import DataError
 from lightning_lossval.noise import NOISE_KINDS, inject_noise
 from lightning_lossval.tables import (
     Table,
+    category_names,
     column_hints,
     encode_features,
     handle_missing,
     listing,
     mean_std,
-    number_names,
     parse_numbers,
     read_frame,
     read_table,
@@ -239,13 +239,12 @@ class TabularDataModule(LightningDataModule):
                 f"which tells the target when the rows are sorted by it. {column_hints(column)}"
             )
         self.task = self._resolve_task(train)
-        names = self._class_names(train, target=hp.target)[0] if self.task == "classification" else None
+        names = category_names([train.column(hp.target)])[0] if self.task == "classification" else None
         if hp.task == "auto":
             kind = f"{len(set(names))} classes" if names is not None else "a numeric target"
             rank_zero_info(f"TabularDataModule: task {self.task} ({kind}), inferred; set --data.task to change it")
         if val is None:
-            strata = names
-            train, val = split_rows(train, hp.val_fraction, hp.seed, strata)
+            train, val = split_rows(train, hp.val_fraction, hp.seed, names)
 
         x_train, x_val, self.feature_names = encode_features(train, val, features, hp.categorical)
         y_train, y_val = self._encode_target(train, val)
@@ -359,15 +358,6 @@ class TabularDataModule(LightningDataModule):
             return "classification"
         return "regression"
 
-    @staticmethod
-    def _class_names(train: Table, *tables: Table, target: str) -> list[list[str]]:
-        """The target columns of ``train`` and ``tables`` as class names: as written, or one name per
-        number when the training targets are all numbers ("1", "1.0" and "1e0" are one class)."""
-        columns = [t.column(target) for t in (train, *tables)]
-        if all(to_float(v) is not None for v in columns[0]):
-            return [number_names(c) for c in columns]
-        return columns
-
     def _encode_target(self, train: Table, val: Table) -> tuple[Tensor, Tensor]:
         """Class indices ``[N]`` (long), or raw regression values ``[N, 1]`` (float64, original units)."""
         name = self.hparams.target
@@ -378,7 +368,7 @@ class TabularDataModule(LightningDataModule):
             self._target_mean, self._target_std = mean_std(y_train)
             return y_train[:, None], y_val[:, None]
 
-        values, val_values = self._class_names(train, val, target=name)
+        values, val_values = category_names([train.column(name), val.column(name)])
         self.classes = sorted_values(set(values))
         if len(self.classes) < 2:
             raise DataError(
