@@ -3,11 +3,12 @@
 What it does, in hook order:
 
 - ``setup``: refuses strategies it cannot keep correct (FSDP, DeepSpeed, ``ddp_spawn`` /
-  ``ddp_fork``). Right after the module's own ``setup`` (which Lightning calls after the
-  callbacks', and where a module may build the datasets its loaders serve): creates ``N`` new
-  weights (ones) in a store (``lightning_lossval.stores``) and patches the module
-  (``lightning_lossval.patching``) so that ``training_step`` gets the batch without indices while
-  :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the batch's LossVal loss.
+  ``ddp_fork``; ``lightning_lossval.ranks``). Right after the module's own ``setup`` (which
+  Lightning calls after the callbacks', and where a module may build the datasets its loaders
+  serve): creates ``N`` new weights (ones) in a store (``lightning_lossval.stores``) and
+  patches the module (``lightning_lossval.patching``) so that ``training_step`` gets the batch
+  without indices while :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the
+  batch's LossVal loss.
   ``teardown`` and ``on_exception`` undo every patch, so a failed fit leaves the module as it
   was and a later fit starts afresh.
 - ``on_fit_start``: the dense store joins the user's optimizer; the validation features are
@@ -56,6 +57,7 @@ from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.mixin import WEIGHTS, LossValMixin
 from lightning_lossval.objective import Objective, Validation, lossval_objective, prepare_validation
 from lightning_lossval.presets import Preset, resolve
+from lightning_lossval.ranks import check_strategy
 from lightning_lossval.report import save_values, values_table, write_csv
 from lightning_lossval.run_report import (
     log_detection,
@@ -192,7 +194,7 @@ class LossValCallback(Callback):
                 f"{type(pl_module).__name__} does not provide per-sample losses: add LossValMixin as its first base "
                 "class and reduce the per-sample losses in training_step with self.lossval_loss(losses)"
             )
-        _check_strategy(trainer)
+        check_strategy(trainer)
         patching.after_setup(pl_module, lambda: self._new_store(trainer, pl_module))
         self._fitting, self._started = True, False
 
@@ -361,23 +363,6 @@ def _optimizer(trainer: Trainer, index: int) -> Any:
 def _check_show(show: Any) -> None:
     if isinstance(show, bool) or not isinstance(show, int) or show < 0:
         raise ConfigError(f"show is how many of the lowest-valued rows to print, a whole number >= 0; got {show!r}")
-
-
-def _check_strategy(trainer: Trainer) -> None:
-    """Refuse the strategies whose wrapping or process model would silently break the weights."""
-    strategy = trainer.strategy
-    name = type(strategy).__name__
-    if "FSDP" in name or "DeepSpeed" in name or "ModelParallel" in name:
-        raise ConfigError(
-            f"LossValCallback does not support {name}: it shards or re-wraps parameters, so the per-sample weights "
-            "would not stay one consistent tensor. Use strategy='ddp' (or a single device)."
-        )
-    if getattr(strategy, "_start_method", "popen") != "popen":
-        raise ConfigError(
-            f"LossValCallback does not support {name} with start method '{strategy._start_method}' (ddp_spawn, "
-            "ddp_fork, ddp_notebook): the weights learned in the worker processes would not reach this one. Use "
-            "strategy='ddp', which re-runs your script for each process (or launch it with torchrun)."
-        )
 
 
 def _check_batch(index: Tensor, features: Tensor, n: int, val_dim: int, rule: UpdateRule) -> None:

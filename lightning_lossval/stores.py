@@ -29,6 +29,7 @@ from torch.optim import Optimizer
 
 from lightning_lossval.errors import ConfigError, ResumeError
 from lightning_lossval.presets import Preset, check_resume, describe
+from lightning_lossval.ranks import gather
 from lightning_lossval.updates import UpdateRule
 
 GROUP_NAME = "lossval_weights"
@@ -120,7 +121,7 @@ class DenseWeights(_Store):
         self.applied = self.applied or (fresh and grad is not None and bool(grad.any()))
         visited = index[counts]
         if trainer.world_size > 1:
-            visited = _gather(trainer, visited[None])[0]
+            visited = gather(trainer, visited[None])[0]
         self.visits.index_add_(0, visited, torch.ones_like(visited))
 
     def values(self) -> Tensor:
@@ -178,7 +179,7 @@ class SparseWeights(_Store):
         if scaler is not None:  # fp16 AMP: the loss was scaled, these gradients were not unscaled
             grad = grad / scaler.get_scale()
         if trainer.world_size > 1:
-            gathered = _gather(trainer, torch.stack([index.double(), grad.double(), counts.double()]))  # one collective
+            gathered = gather(trainer, torch.stack([index.double(), grad.double(), counts.double()]))  # one collective
             index, grad, counts = gathered[0].long(), gathered[1].to(grad.dtype), gathered[2].bool()
             grad = grad / trainer.world_size  # what DDP's averaging all-reduce does to a dense parameter
             for name in self.rule.synced:
@@ -257,18 +258,6 @@ def coalesce(index: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     """Sum ``values`` ``[K]`` that share an ``index`` ``[K]``: returns ``(unique_index, summed)``."""
     unique, inverse = torch.unique(index, return_inverse=True)
     return unique, torch.zeros(len(unique), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
-
-
-def _gather(trainer: Trainer, rows: Tensor) -> Tensor:
-    """All ranks' ``rows`` ``[C, L]`` (``L`` may differ by rank), concatenated: ``[C, sum of L]``."""
-    strategy = trainer.strategy
-    sizes = strategy.all_gather(torch.tensor([rows.shape[1]], device=rows.device)).flatten()
-    longest = int(sizes.max())
-    padded = torch.zeros(rows.shape[0], longest, dtype=rows.dtype, device=rows.device)
-    padded[:, : rows.shape[1]] = rows
-    gathered = strategy.all_gather(padded)  # [world, C, longest]
-    keep = torch.arange(longest, device=rows.device) < sizes.unsqueeze(1)  # [world, longest]
-    return gathered.transpose(0, 1)[:, keep]
 
 
 def check_manual_schedulers(trainer: Trainer, pl_module: Any, store: _Store, optimizer: Optimizer) -> None:

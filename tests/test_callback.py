@@ -381,10 +381,10 @@ def test_sharding_strategies_are_refused():
 
     from lightning.pytorch.strategies import FSDPStrategy
 
-    from lightning_lossval.callback import _check_strategy
+    from lightning_lossval.ranks import check_strategy
 
     with pytest.raises(ValueError, match="does not support FSDPStrategy.*Use strategy='ddp'"):
-        _check_strategy(SimpleNamespace(strategy=FSDPStrategy()))  # FSDP itself needs a GPU to run
+        check_strategy(SimpleNamespace(strategy=FSDPStrategy()))  # FSDP itself needs a GPU to run
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
