@@ -26,7 +26,7 @@ from lightning_lossval.report import (
     weight_histogram,
     weight_stats,
 )
-from lightning_lossval.validation import as_step_batch, eval_mode
+from lightning_lossval.validation import as_step_batch, eval_mode, random_state_kept
 
 
 def log_weights(trainer: Trainer, weights: Tensor) -> None:
@@ -172,6 +172,6 @@ def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_si
     """``lossval_predict`` over the whole training set in index order, on this process."""
     train = trainer.train_dataloader
     loader = DataLoader(train.dataset, batch_size=batch_size, collate_fn=train.collate_fn)
-    with eval_mode(pl_module):
+    with eval_mode(pl_module), random_state_kept(pl_module.device):  # what runs next draws as without it
         parts = [pl_module.lossval_predict(as_step_batch(b.data, trainer, pl_module)).cpu() for b in loader]
     return torch.cat(parts)

@@ -14,9 +14,11 @@ To compare with one of them only, pass that one as ``val_data``.
 from __future__ import annotations
 
 import contextlib
+import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
@@ -42,6 +44,20 @@ def eval_mode(module: LightningModule):
         yield
     finally:
         module.train(was_training)
+
+
+@contextlib.contextmanager
+def random_state_kept(device: torch.device):
+    """Every random generator as it was afterwards (Python's, NumPy's, torch's, the module's GPU's):
+    reading the validation loaders (each new DataLoader iterator draws a seed, shuffles and augments)
+    must not change the dropout masks, shuffles and augmentations of the user's training."""
+    python, numpy = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
 
 
 def fit_validation(trainer: Trainer) -> tuple[Any, str]:
@@ -112,6 +128,16 @@ def validation_data(
     (``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``), so
     both sides are compared in the same representation. At least :data:`MIN_VALIDATION_ROWS` rows.
     """
+    with random_state_kept(pl_module.device):
+        return _validation_data(val_data, trainer, pl_module, with_labels)
+
+
+def _validation_data(
+    val_data: Tensor | Dataset | DataLoader | tuple | list | None,
+    trainer: Trainer,
+    pl_module: LightningModule,
+    with_labels: bool,
+) -> tuple[Tensor, Tensor | None]:
     data, origin = fit_validation(trainer) if val_data is None else (val_data, "val_data")
     parts = validation_parts(data, origin)
     if pl_module.lossval_refresh_validation and any(isinstance(p, Tensor) for p in parts):

@@ -115,3 +115,37 @@ def test_the_returned_loss_is_the_masses_weighted_mean_and_extra_terms_keep_thei
         assert returned == pytest.approx(((masses * losses).sum() / masses.sum()).item(), rel=1e-5)
         moved += int((masses != 1).any())
     assert moved > 0  # later steps do reweight the samples
+
+
+class DropoutNet(SGDNet):
+    """SGDNet with dropout, which draws from the global random generator at every training step."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 3))
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.cross_entropy(self(x), y))
+
+
+def test_reading_the_validation_set_leaves_the_random_generators_alone():
+    """With weights that cannot move, a dropout network trains exactly as without the callback: reading
+    the validation loaders (each DataLoader iterator draws a seed) happens on forked generators."""
+    x, y = blobs(240, seed=2)
+    parameters = []
+    for callback in (None, LossValCallback(lr=1e-30, export=False, show=0)):  # 1 - 1e-30 == 1 in float32
+        L.seed_everything(0, verbose=False)
+        model = DropoutNet()
+        train_set = TensorDataset(x[:160], y[:160])
+        loader = DataLoader(train_set, batch_size=32, sampler=EpochRandomSampler(train_set, seed=0))
+        val_loader = DataLoader(TensorDataset(x[160:], y[160:]), batch_size=40, shuffle=True)
+        callbacks = []
+        if callback is not None:
+            loader, callbacks = index_dataloader(loader), [callback]
+        trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, callbacks=callbacks, **TRAINER_ARGS)
+        trainer.fit(model, loader, val_loader)
+        if callback is not None:
+            assert (callback.values == 1).all()
+        parameters.append(torch.cat([p.detach().flatten() for p in model.net.parameters()]))
+    assert torch.equal(parameters[0], parameters[1])
