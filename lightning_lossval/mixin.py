@@ -11,6 +11,7 @@ from lightning_lossval.errors import ResumeError
 
 WEIGHTS = "lossval_weights"
 HOOK = "_lossval_callback"  # the instance attribute through which the callback serves lossval_loss
+UNWEIGHTED = "lossval/unweighted_loss"
 
 
 @runtime_checkable
@@ -66,12 +67,19 @@ class LossValMixin:
         batch (``features`` ``[B, ...]`` default to ``lossval_features(batch)``): with the default
         objective the weighted mean of ``losses`` under the samples' current masses, at the scale
         of the plain mean (the weights learn from the transport term on the side); with the paper
-        preset ``L_w * S**2``. Elsewhere the plain mean.
+        preset ``L_w * S**2``. Elsewhere the plain mean. The plain mean of ``losses`` is logged as
+        ``lossval/unweighted_loss`` (epoch mean): the training loss without the masses, to monitor
+        where the weighted loss would fall merely because harmful rows lose mass.
         """
         hook: LossValHook | None = self.__dict__.get(HOOK)
         if hook is None or not hook.in_training_step:
             return losses.mean()
-        return hook.loss(self, losses, features)
+        loss = hook.loss(self, losses, features)
+        # the plain mean beside the weighted one: what train_loss would be without the masses
+        self.log(
+            UNWEIGHTED, losses.detach().mean(), on_step=False, on_epoch=True, batch_size=len(losses), sync_dist=True
+        )
+        return loss
 
     def lossval_features(self, batch: Any) -> Tensor:
         """Features of a batch for the transport term, ``[B, D]``: the flattened first element.
@@ -82,7 +90,9 @@ class LossValMixin:
         if isinstance(batch, Mapping) or not isinstance(x, Tensor):
             raise TypeError(
                 f"{type(self).__name__}.lossval_features cannot find the inputs in a batch of type "
-                f"{type(batch).__name__}; override lossval_features(batch) to return a [B, D] tensor"
+                f"{type(batch).__name__}; override lossval_features(batch) to return a [B, D] tensor (and "
+                "lossval_targets(batch) to return the [B] targets: with integer classes the default update keeps "
+                "each class's share of the batch)"
             )
         return x.reshape(x.shape[0], -1)
 

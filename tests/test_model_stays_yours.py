@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import TRAINER_ARGS, blobs
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -43,7 +45,7 @@ class SGDNet(LossValMixin, L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def train(x, y, *, callback: LossValCallback | None, epochs: int = 10, l2: float = 0.0, max_steps: int = -1):
+def train(x, y, *, callback: LossValCallback | None, epochs=10, l2=0.0, max_steps=-1, logger=False):
     L.seed_everything(0, verbose=False)
     model = SGDNet(l2)
     dataset = TensorDataset(x, y)
@@ -54,7 +56,7 @@ def train(x, y, *, callback: LossValCallback | None, epochs: int = 10, l2: float
     trainer = L.Trainer(
         max_epochs=epochs,
         max_steps=max_steps,
-        logger=False,
+        logger=logger,
         enable_checkpointing=False,
         callbacks=callbacks,
         **TRAINER_ARGS,
@@ -115,6 +117,26 @@ def test_the_returned_loss_is_the_masses_weighted_mean_and_extra_terms_keep_thei
         assert returned == pytest.approx(((masses * losses).sum() / masses.sum()).item(), rel=1e-5)
         moved += int((masses != 1).any())
     assert moved > 0  # later steps do reweight the samples
+
+
+def test_the_unweighted_training_loss_is_logged_beside_the_weighted_one(tmp_path):
+    """``lossval/unweighted_loss`` is each epoch's plain mean of the per-sample losses, which the weighted
+    loss (what the network trains on) falls below as mislabeled rows lose mass."""
+    x, y = blobs(500, seed=0)
+    y_train, _ = flip_labels(y[:300], 0.2, num_classes=3, seed=0)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    callback = LossValCallback(val_data=x[300:], export=False, show=0)
+    model = train(x[:300], y_train, callback=callback, epochs=6, logger=logger)
+    events = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    logged = [e.value for e in events.Scalars("lossval/unweighted_loss")]
+    per_epoch = len(model.batches) // 6
+    for epoch, value in enumerate(logged):
+        losses = torch.cat([losses for losses, _ in model.batches[epoch * per_epoch : (epoch + 1) * per_epoch]])
+        assert value == pytest.approx(losses.mean().item(), rel=1e-5), epoch
+    assert len(logged) == 6
+    weighted = sum(loss.item() * len(losses) for losses, loss in model.batches[-per_epoch:]) / 300
+    assert weighted < 0.8 * logged[-1]  # the masses moved off the mislabeled rows: the two differ
 
 
 class DropoutNet(SGDNet):
