@@ -8,9 +8,8 @@ What it does, in hook order:
   serve): creates ``N`` new weights (ones) in a store (``lightning_lossval.stores``) and
   patches the module (``lightning_lossval.patching``) so that ``training_step`` gets the batch
   without indices while :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the
-  batch's LossVal loss.
-  ``teardown`` and ``on_exception`` undo every patch, so a failed fit leaves the module as it
-  was and a later fit starts afresh.
+  batch's LossVal loss. ``teardown`` and ``on_exception`` undo every patch, so a failed fit
+  leaves the module as it was and a later fit starts afresh.
 - ``on_fit_start``: the dense store joins the user's optimizer; the validation features are
   computed once (in eval mode), or at every epoch start when the module sets
   ``lossval_refresh_validation`` (features from the network). Training steps before it (a
@@ -76,6 +75,7 @@ from lightning_lossval.stores import (
     check_finite,
     check_manual_schedulers,
     check_store,
+    diverged,
     load_state,
     new_store,
     save_state,
@@ -83,6 +83,7 @@ from lightning_lossval.stores import (
 from lightning_lossval.updates import UpdateRule
 from lightning_lossval.validation import validation_data
 
+LOWER_LR = "the network has diverged: lower its learning rate"
 INDEX_HELP = "wrap your DataModule in IndexedDataModule(...) or your train DataLoader in index_dataloader(...)"
 
 
@@ -210,7 +211,7 @@ class LossValCallback(Callback):
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException | None) -> None:
         if self._started and self.export:  # after Ctrl-C rank zero writes the values learned so far
-            self.values_path = save_interrupted(trainer, self._store, exception) or self.values_path
+            self.values_path = save_interrupted(trainer, self._store, exception, self._noisy) or self.values_path
         patching.restore(pl_module)  # the module is the user's again: no patches, no weights parameter
         self._fitting = self._started = False
 
@@ -306,11 +307,7 @@ class LossValCallback(Callback):
     def loss(self, pl_module: LightningModule, losses: Tensor, features: Tensor | None) -> Tensor:
         """The LossVal loss of the running training step's batch (what ``lossval_loss`` returns)."""
         index, batch = self._step
-        if losses.dim() != 1 or losses.shape[0] != index.shape[0]:
-            raise DataError(per_sample_loss_error(tuple(losses.shape), index.shape[0]))
-        if features is None:
-            features = pl_module.lossval_features(batch)
-        features = features.detach().reshape(features.shape[0], -1)
+        features = _inputs(pl_module, batch, index, losses, features, self.preset.update)
         if not self._checked_shapes:
             _check_batch(index, features, self._store.numel(), self._validation.features.shape[1], self.preset.update)
             self._checked_shapes = True
@@ -363,6 +360,26 @@ def _optimizer(trainer: Trainer, index: int) -> Any:
 def _check_show(show: Any) -> None:
     if isinstance(show, bool) or not isinstance(show, int) or show < 0:
         raise ConfigError(f"show is how many of the lowest-valued rows to print, a whole number >= 0; got {show!r}")
+
+
+def _inputs(pl_module: Any, batch: Any, index: Tensor, losses: Tensor, features: Any, rule: UpdateRule) -> Tensor:
+    """The batch's ``[B, D]`` features, once ``losses`` are one value per row and neither holds NaN or inf
+    (one such row makes the step's weights NaN; an fp16 loss overflow is the GradScaler's to skip)."""
+    if losses.dim() != 1 or losses.shape[0] != index.shape[0]:
+        raise DataError(per_sample_loss_error(tuple(losses.shape), index.shape[0]))
+    features = (pl_module.lossval_features(batch) if features is None else features).detach()
+    features = features.reshape(features.shape[0], -1)
+    scaled = getattr(pl_module.trainer.precision_plugin, "scaler", None) is not None
+    bad_features, bad_losses = ~torch.isfinite(features).all(1), ~torch.isfinite(losses.detach()) & (not scaled)
+    if bool((bad_features | bad_losses).any()):  # one sync per step
+        where = bad_features if bool(bad_features.any()) else bad_losses
+        rows, what = index[where.to(index.device)][:10].tolist(), "features: clean or drop those rows"
+        if where is bad_losses:
+            what = f"losses: check their targets; if it is all rows of the batch, {diverged(rule, LOWER_LR)}"
+        raise DataError(
+            f"training rows {rows} (dataset positions, {int(where.sum())} of the batch) have NaN or inf {what}"
+        )
+    return features
 
 
 def _check_batch(index: Tensor, features: Tensor, n: int, val_dim: int, rule: UpdateRule) -> None:

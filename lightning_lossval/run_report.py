@@ -110,16 +110,22 @@ def save_values_somewhere(directory: Path, values: Tensor, columns: dict[str, li
         return path
 
 
-def save_interrupted(trainer: Trainer, store: Any, exception: BaseException | None) -> Path | None:
+def save_interrupted(
+    trainer: Trainer, store: Any, exception: BaseException | None, noisy: Tensor | None
+) -> Path | None:
     """After Ctrl-C (``exception`` a ``KeyboardInterrupt``), the values ``store`` holds so far into the run's
-    folder, with the DataModule's row columns and the visits, and a line that says where; on rank zero
-    and without a collective (the other ranks may be gone). Anything else, or non-finite weights: nothing."""
+    folder, with the DataModule's row columns, ``noisy`` when known and the visits, and a line that says
+    where; on rank zero and without a collective (the other ranks may be gone). Anything else, or
+    non-finite weights: nothing."""
     if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
         return None
     values = store.values().detach().float().cpu()
     if not torch.isfinite(values).all():
         return None
-    columns = {**_datamodule_columns(trainer), "visits": store.visits.cpu().tolist()}
+    columns = _datamodule_columns(trainer)
+    if noisy is not None:
+        columns["noisy"] = noisy.tolist()
+    columns["visits"] = store.visits.cpu().tolist()
     path = save_values_somewhere(Path(_run_dir(trainer)), values, columns)  # no broadcast: rank zero alone
     print(f"\nLossVal: fit interrupted in epoch {trainer.current_epoch}; the values learned so far: {path}", flush=True)
     return path

@@ -186,7 +186,12 @@ class SparseWeights(_Store):
                 self.state[name] = trainer.strategy.all_gather(self.state[name]).mean(0)
         self.visits.index_add_(0, index[counts], torch.ones_like(index[counts]))
         if not torch.isfinite(grad).all():
-            return  # an overflowing fp16 step (the GradScaler skips it for the network too) or a NaN loss
+            if scaler is None:  # the batch's losses and features were finite (LossValCallback checks them)
+                raise FloatingPointError(
+                    f"the LossVal gradients of step {trainer.global_step} came out NaN or inf from finite losses "
+                    "and features; lower the weights' lr, or use objective='default' if this is another objective"
+                )
+            return  # an overflowing fp16 step: the GradScaler skips it for the network too
         index, grad = coalesce(index, grad)
         self.rule.step(self.weights, index, grad, self.state)
 
@@ -279,16 +284,22 @@ def check_finite(values: Tensor, when: str, rule: UpdateRule) -> Tensor:
     bad = int((~torch.isfinite(values)).sum())
     if not bad:
         return values
+    cause = (
+        "the weights follow the per-sample losses, so NaN or inf losses reached them: check the training "
+        "inputs for NaN or inf and whether the network itself diverges (its learning rate)"
+    )
+    raise FloatingPointError(
+        f"{bad} of {values.numel()} LossVal weights are NaN or inf ({when}): {diverged(rule, cause)}"
+    )
+
+
+def diverged(rule: UpdateRule, otherwise: str) -> str:
+    """Why the network diverged under ``rule``'s objective, when that objective multiplies its loss."""
     if rule.name == "balanced":
-        cause = (
-            "the weights follow the per-sample losses, so NaN or inf losses reached them: check the training "
-            "inputs for NaN or inf and whether the network itself diverges (its learning rate)"
-        )
-    else:
-        cause = (
-            "this objective trains the network on L_w * S**k, which multiplies the network's learning rate by "
-            "a factor that changes every batch and grows with the features' scale, so with SGD or unscaled "
-            "inputs the network and then the weights diverge; use objective='default' (the network trains on "
-            "its own loss), standardise the inputs, or use Adam; also check the inputs for NaN or inf"
-        )
-    raise FloatingPointError(f"{bad} of {values.numel()} LossVal weights are NaN or inf ({when}): {cause}")
+        return otherwise
+    return (
+        "this objective trains the network on L_w * S**k, which multiplies the network's learning rate by "
+        "a factor that changes every batch and grows with the features' scale, so with SGD or unscaled "
+        "inputs the network and then the weights diverge; use objective='default' (the network trains on "
+        "its own loss), standardise the inputs, or use Adam; also check the inputs for NaN or inf"
+    )

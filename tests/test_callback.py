@@ -324,6 +324,12 @@ def test_misuse_gets_a_clear_error(tmp_path, case, error, message):
         fit(tmp_path, model=model, data=data, callback=callback, epochs=1)
 
 
+def test_a_dict_batch_names_both_hooks_to_override():
+    """Overriding only lossval_features would leave the default update without the classes it balances."""
+    with pytest.raises(TypeError, match=r"override lossval_features\(batch\).*lossval_targets\(batch\)"):
+        Net().lossval_features({"x": torch.zeros(2, 8), "y": torch.zeros(2, dtype=torch.long)})
+
+
 def test_sparse_store_moves_only_the_batch_and_finds_the_noise(tmp_path):
     data = BlobData()
     _, model, cb = fit(
@@ -435,18 +441,25 @@ def test_resume_with_another_lr_says_so(tmp_path):
         fit(tmp_path, epochs=2, callback=LossValCallback(lr=0.02), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
 
 
-def test_a_nan_loss_leaves_the_sparse_weights_finite(tmp_path):
-    class NanOnce(Net):
+@pytest.mark.parametrize("objective", ["default", "paper"])
+def test_a_nan_loss_stops_the_fit_naming_the_row_before_the_weights_take_it(tmp_path, objective):
+    named = []
+
+    class NanRow(Net):
         def training_step(self, batch, batch_idx):
             x, y = batch
             losses = F.cross_entropy(self(x), y, reduction="none")
-            if batch_idx == 1:
-                losses = losses * float("nan")
+            if batch_idx == 1:  # one row's loss: the balanced step would spread it over the whole batch
+                named.append(int(callback._step.index[3]))
+                losses = torch.where(torch.arange(len(losses)) == 3, float("nan"), losses)
             return self.lossval_loss(losses)
 
-    _, _, cb = fit(tmp_path, model=NanOnce(), epochs=1, limit_train_batches=3)
-    # batch 0 moved its 32 samples; the NaN loss of batch 1 (and the NaN network after it) moved none
-    assert torch.isfinite(cb.values).all() and int((cb.values != 1).sum()) == 32
+    callback = LossValCallback(objective=objective)
+    with pytest.raises(DataError) as error:
+        fit(tmp_path, model=NanRow(), epochs=1, limit_train_batches=3, callback=callback)
+    said = f"training rows [{named[0]}] (dataset positions, 1 of the batch) have NaN or inf losses: check their targets"
+    assert said in str(error.value), str(error.value)
+    assert torch.isfinite(callback.values).all() and int((callback.values != 1).sum()) == 32  # batch 0's rows
 
 
 @STORES
@@ -480,11 +493,13 @@ def test_a_batch_skipped_after_its_lossval_loss_is_not_a_visit(tmp_path, objecti
     assert torch.isfinite(cb.values).all()
 
 
-def test_non_finite_features_under_the_paper_preset_say_so(tmp_path):
+@pytest.mark.parametrize("objective", ["default", "paper"])
+def test_non_finite_features_say_which_rows(tmp_path, objective):
     data = BlobData()
     data.train_set.tensors[0][7, 3] = float("nan")
-    with pytest.raises(DataError, match=r"features hold NaN or inf.*clean or drop those rows"):
-        fit(tmp_path, data=IndexedDataModule(data), epochs=1, callback=LossValCallback(objective="paper"))
+    message = r"training rows \[7\] \(dataset positions, 1 of the batch\) have NaN or inf features: clean or drop"
+    with pytest.raises(DataError, match=message):
+        fit(tmp_path, data=IndexedDataModule(data), epochs=1, callback=LossValCallback(objective=objective))
 
 
 def test_batches_of_one_row_are_said_to_teach_the_default_nothing(tmp_path):
@@ -554,9 +569,9 @@ def test_non_finite_weights_at_a_logged_step_get_the_error_that_names_the_cause(
         def training_step(self, batch, batch_idx):
             x, y = batch
             losses = F.cross_entropy(self(x), y, reduction="none")
-            return self.lossval_loss(losses * float("nan") if batch_idx >= 1 else losses)
+            return self.lossval_loss(losses * 1e38 if batch_idx >= 1 else losses)  # finite, but L_w * S**2 is not
 
-    # the paper's dense Adam takes the NaN gradient; the histogram of the logged step is not drawn from NaN
+    # the paper's dense Adam takes the inf gradient; the histogram of the logged step is not drawn from NaN
     callback = LossValCallback(objective="paper", show=0)
     with pytest.raises(FloatingPointError, match=r"LossVal weights are NaN or inf \(step 2\): this objective trains"):
         fit(

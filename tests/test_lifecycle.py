@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 
 from lightning_lossval import IndexedDataModule, LossValCallback, index_dataloader, patching
-from lightning_lossval.errors import ConfigError
+from lightning_lossval.errors import ConfigError, DataError
 
 STORES = pytest.mark.parametrize("objective", ["paper", "default"], ids=["dense", "sparse"])
 PATCHABLE = {"training_step", "lr_scheduler_step", "clip_gradients", "on_load_checkpoint", "_lossval_callback"}
@@ -70,7 +70,8 @@ class Flaky(Net):
         ("bug", "paper", RuntimeError),
         ("bug", "default", RuntimeError),
         ("interrupt", "paper", SystemExit),  # Lightning turns Ctrl-C into exit status 1 after on_exception
-        ("nan", "paper", FloatingPointError),  # the non-finite weights error at the first epoch end
+        ("nan", "paper", DataError),  # the batch's NaN losses, before any weight takes them in
+        ("nan", "default", DataError),
     ],
 )
 def test_a_failed_fit_leaves_the_module_as_it_was_and_a_refit_works(tmp_path, fail, objective, error):
@@ -360,7 +361,8 @@ def test_ctrl_c_keeps_the_values_learned_so_far(tmp_path, objective, capsys):
                 raise KeyboardInterrupt
             return super().training_step(batch, batch_idx)
 
-    callback = LossValCallback(objective=objective, show=0)
+    noisy = BlobData().noisy
+    callback = LossValCallback(objective=objective, show=0, noisy_mask=noisy)
     handler = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into exit status 1 after on_exception
@@ -371,5 +373,7 @@ def test_ctrl_c_keeps_the_values_learned_so_far(tmp_path, objective, capsys):
     with open(callback.values_path) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 400 and {int(r["visits"]) for r in rows} == {1, 2}  # all of epoch 0, three batches of 1
+    assert list(rows[0]) == ["rank", "index", "noisy", "visits", "value"]
+    assert all((r["noisy"] == "yes") == bool(noisy[int(r["index"])]) for r in rows)
     assert torch.equal(torch.load(callback.values_path.with_suffix(".pt")), callback.values)
     assert f"fit interrupted in epoch 1; the values learned so far: {callback.values_path}" in capsys.readouterr().out
