@@ -33,10 +33,12 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.cli import _InstantiatorFn as LightningInstantiator  # records the model's hparams
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from lightning_lossval.callback import LossValCallback
 from lightning_lossval.data import IndexedDataModule
 from lightning_lossval.errors import ConfigError, LossValError
+from lightning_lossval.ranks import check_strategy
 
 # model init parameter -> the DataModule attribute the CLI fills it from
 DATA_SIZES = {
@@ -93,12 +95,20 @@ class LossValCLI(LightningCLI):
                 raise ConfigError(f"--ckpt_path {ckpt} is not a checkpoint (not a file torch.save wrote)")
         super()._parse_ckpt_path()
 
+    def before_fit(self) -> None:
+        check_strategy(self.trainer)  # here, not in spawned workers whose error would come back as a traceback
+
     def before_instantiate_classes(self) -> None:
         if self._get(self.config, "lr_scheduler") and not self._get(self.config, "optimizer"):
             raise ConfigError(  # LightningCLI would drop the scheduler silently
                 "--lr_scheduler needs --optimizer too: the scheduler steps the optimizer the CLI builds "
                 "(e.g. --optimizer Adam --optimizer.lr 0.01)"
             )
+        root = (self._get(self.config, "trainer") or {}).get("default_root_dir")
+        if root is not None:  # where the logger and the config file go, created if missing
+            existing = next(p for p in (Path(root), *Path(root).parents) if p.exists())
+            if not existing.is_dir():
+                raise ConfigError(f"--trainer.default_root_dir {root}: {existing} is a file; give a folder's path")
         # replaces LightningCLI's model instantiator (same key), which _instantiate_model then calls
         self.parser.add_instantiator(self._instantiate_model, LightningModule, subclasses=True, prepend=True)
 
@@ -214,9 +224,10 @@ def configs_command(args: list[str]) -> None:
     print(f"wrote {', '.join(c.name for c in configs)} to {target}")
 
 
-def _user_error(error: BaseException | None) -> LossValError | None:
-    """The LossValError behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
-    while error is not None and not isinstance(error, LossValError):
+def _user_error(error: BaseException | None) -> BaseException | None:
+    """The LossValError (or Lightning's MisconfigurationException, e.g. ``lossval test`` of a model without
+    ``test_step``) behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
+    while error is not None and not isinstance(error, (LossValError, MisconfigurationException)):
         error = error.__cause__ or error.__context__
     return error
 

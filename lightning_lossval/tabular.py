@@ -365,6 +365,11 @@ class TabularDataModule(LightningDataModule):
             advice = "fix it, or set --data.task classification if the target is a class"
             y_train = parse_numbers(train, name, advice)
             y_val = parse_numbers(val, name, advice)
+            if bool((y_train == y_train[0]).all()):
+                raise DataError(
+                    f"the target {name!r} of {train.source} is {y_train[0].item():g} in every training row: there is "
+                    "nothing to learn, so no row can be valued; check that --data.target names the right column"
+                )
             self._target_mean, self._target_std = mean_std(y_train)
             return y_train[:, None], y_val[:, None]
 

@@ -235,6 +235,27 @@ def test_bad_option_value_raised_while_instantiating(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_notebook"])
+def test_a_spawning_strategy_is_refused_before_any_process_starts(tmp_path, capsys, strategy):
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path, "default.yaml", "--trainer.devices", "2", "--trainer.strategy", strategy)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lossval: error: LossValCallback does not support") and "Use strategy='ddp'" in err
+
+
+def test_a_subcommand_the_model_cannot_run_and_a_root_under_a_file_end_with_one_error_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # the shipped models have no test_step
+        main(["test", "--config", str(CONFIGS / "default.yaml"), "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("lossval: error: No `test_step()` method"), err
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        run(tmp_path / "notes.txt" / "runs", "default.yaml")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"{tmp_path / 'notes.txt'} is a file; give a folder's path" in err, err
+
+
 def test_unknown_config_key_and_the_console_script(tmp_path):
     (tmp_path / "bad.yaml").write_text("lossval:\n  learning_rate: 0.1\n")
     command = [

@@ -220,6 +220,7 @@ def error_cases(tmp_path):
         tmp_path / "other.csv", ["id", "size", "colour", "label", "extra"], [["a", "1", "red", "cat", "1"]]
     )
     one_class = write_csv(tmp_path / "one.csv", HEADER, [[f"r{i}", str(i), "red", "cat"] for i in range(10)])
+    constant = write_csv(tmp_path / "constant.csv", HEADER, [[f"r{i}", str(i), "red", "5.5"] for i in range(10)])
     bad_rows = [[f"r{i}", "abc" if i == 2 else str(i), "red", "cat" if i % 2 else "dog"] for i in range(10)]
     bad_number = write_csv(tmp_path / "bad.csv", HEADER, bad_rows)
     unseen = write_csv(tmp_path / "unseen.csv", HEADER, [["r0", "1", "red", "cat"], ["r1", "1", "red", "bird"]])
@@ -233,6 +234,7 @@ def error_cases(tmp_path):
             r"'color', 'label'.*--data.target NAME",
         ),
         (dict(train_csv=one_class, target="label"), r"has one class, 'cat'.*at least two"),
+        (dict(train_csv=constant, target="label"), r"target 'label' of .*constant.csv is 5.5 in every training row"),
         (dict(train_csv=ok, val_csv=other, target="label"), r"lacks 'color' and has extra 'colour', 'extra'"),
         (
             dict(train_csv=bad_number, target="label", val_fraction=0.2),
