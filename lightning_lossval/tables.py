@@ -221,7 +221,7 @@ def handle_missing(train: Table, val: Table | None, columns: list[str], mode: st
     bad = [_missing_rows(t, columns) for t in tables]
     if not any(bad):
         return train, val
-    where = _missing_columns(tables, columns)
+    where, only_empty = _missing_columns(tables, columns)
     if mode == "error":
         reports = []
         for table, rows in zip(tables, bad):
@@ -230,7 +230,7 @@ def handle_missing(train: Table, val: Table | None, columns: list[str], mode: st
                 reports.append(f"{len(rows)} row(s) of {table.source} ({table.unit}s {places})")
         raise DataError(
             f"missing values (empty, NA, N/A, NaN, null or none) in {where}: {'; '.join(reports)}. "
-            "Fill them in, or drop those rows with --data.missing drop"
+            + ("Leave those columns out" if only_empty else "Fill them in, or drop those rows with --data.missing drop")
         )
     kept = []
     for table, rows in zip(tables, bad):
@@ -242,8 +242,9 @@ def handle_missing(train: Table, val: Table | None, columns: list[str], mode: st
     return kept[0], kept[1] if val is not None else None
 
 
-def _missing_columns(tables: list[Table], columns: list[str]) -> str:
-    """Which columns hold the missing cells, for messages; a column empty in every row is named with the way out."""
+def _missing_columns(tables: list[Table], columns: list[str]) -> tuple[str, bool]:
+    """Which columns hold the missing cells, for messages (a column empty in every row is named with the way
+    out), and whether those are all such columns."""
     counts = {c: sum(len(_missing_rows(t, [c])) for t in tables) for c in columns}
     total = sum(len(t.rows) for t in tables)
     named = [f"{c!r} ({n} row(s))" for c, n in counts.items() if n]
@@ -251,7 +252,7 @@ def _missing_columns(tables: list[Table], columns: list[str]) -> str:
     empty = [c for c, n in counts.items() if n == total]
     if empty:
         text += f"; empty in every row: {listing(empty)}, which {drop_option(empty)} leaves out"
-    return text
+    return text, len(empty) == len(named)
 
 
 def _missing_rows(table: Table, columns: list[str]) -> list[int]:

@@ -1,5 +1,4 @@
-"""TabularDataModule: a table of your own (CSV, Parquet, a pandas DataFrame, or a scikit-learn toy
-dataset) as LossVal training data.
+"""TabularDataModule: a table of your own (CSV, Parquet, a DataFrame, a scikit-learn toy set) to value.
 
 Everything is read, checked and encoded once, in :meth:`TabularDataModule.prepare` (called by
 ``setup``), the same way whatever the source (see :mod:`lightning_lossval.tables`). Every problem
@@ -36,6 +35,7 @@ from lightning_lossval.tables import (
     sorted_values,
     to_float,
 )
+from lightning_lossval.validation import MIN_VALIDATION_ROWS
 
 BUILTINS = ("digits", "breast_cancer", "wine", "iris", "diabetes")
 TASKS = ("auto", "classification", "regression")
@@ -245,6 +245,11 @@ class TabularDataModule(LightningDataModule):
             rank_zero_info(f"TabularDataModule: task {self.task} ({kind}), inferred; set --data.task to change it")
         if val is None:
             train, val = split_rows(train, hp.val_fraction, hp.seed, names)
+            if len(val.rows) < MIN_VALIDATION_ROWS:
+                raise DataError(
+                    f"--data.val_fraction {hp.val_fraction} leaves {len(val.rows)} validation row, too few for LossVal "
+                    f"to compare batches with: raise it, or give --data.val_csv (a few hundred rows are typical)"
+                )
 
         x_train, x_val, self.feature_names = encode_features(train, val, features, hp.categorical)
         y_train, y_val = self._encode_target(train, val)

@@ -219,8 +219,8 @@ def error_cases(tmp_path):
     other = write_csv(
         tmp_path / "other.csv", ["id", "size", "colour", "label", "extra"], [["a", "1", "red", "cat", "1"]]
     )
-    one_class = write_csv(tmp_path / "one.csv", HEADER, [[f"r{i}", str(i), "red", "cat"] for i in range(10)])
-    constant = write_csv(tmp_path / "constant.csv", HEADER, [[f"r{i}", str(i), "red", "5.5"] for i in range(10)])
+    one_class = write_csv(tmp_path / "one.csv", HEADER, [[f"r{i}", str(i), "red", "cat"] for i in range(20)])
+    constant = write_csv(tmp_path / "constant.csv", HEADER, [[f"r{i}", str(i), "red", "5.5"] for i in range(20)])
     bad_rows = [[f"r{i}", "abc" if i == 2 else str(i), "red", "cat" if i % 2 else "dog"] for i in range(10)]
     bad_number = write_csv(tmp_path / "bad.csv", HEADER, bad_rows)
     unseen = write_csv(tmp_path / "unseen.csv", HEADER, [["r0", "1", "red", "cat"], ["r1", "1", "red", "bird"]])
@@ -235,6 +235,7 @@ def error_cases(tmp_path):
         ),
         (dict(train_csv=one_class, target="label"), r"has one class, 'cat'.*at least two"),
         (dict(train_csv=constant, target="label"), r"target 'label' of .*constant.csv is 5.5 in every training row"),
+        (dict(train_csv=ok, target="size", task="regression", val_fraction=0.05), r"val_fraction 0.05 leaves 1 valid"),
         (dict(train_csv=ok, val_csv=other, target="label"), r"lacks 'color' and has extra 'colour', 'extra'"),
         (
             dict(train_csv=bad_number, target="label", val_fraction=0.2),
@@ -644,6 +645,10 @@ def test_missing_values_name_their_columns_and_an_empty_column_the_way_out(tmp_p
         prepared(train_csv=path, target="label", missing="drop")
     dm = prepared(train_csv=path, target="label", missing="drop", drop_columns=["notes"], val_fraction=0.2)
     assert len(dm.train_set) + len(dm.val_set) == 29  # the way out works: only the row with NA is dropped
+    rows[3][0] = "1.5"  # the empty column alone: dropping rows would drop them all, so that is not advised
+    path = write_csv(tmp_path / "t.csv", ["size", "notes", "label"], rows)
+    with pytest.raises(DataError, match=r"'notes' \(30 row\(s\)\); empty in every .*Leave those columns out$"):
+        prepared(train_csv=path, target="label")
 
 
 def test_files_that_are_not_plain_csv_say_what_they_are(tmp_path):
