@@ -228,3 +228,14 @@ def test_detection_report_gives_the_confirm_group_its_own_tables():
         assert f"Confirm datasets ({name}):" in both and f"### {task}, confirm datasets: all noise kinds" in both
     assert both.index("Confirm datasets (anes96):") > both.index("Held-out datasets (oj):")
     assert "Confirm" not in "\n".join(alone)
+
+
+def test_accuracy_benchmark_smoke():
+    command = [sys.executable, str(BENCHMARKS / "accuracy.py"), "--epochs", "2", "--seeds", "0", "--noise-rates", "0.2"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith("| 20%")]
+    accuracy = [float(cell.split("±")[0]) for cell in row[2:5]]
+    auroc = [float(cell.split("±")[0]) for cell in row[5:]]
+    assert row[1].strip() == "2" and all(0.8 < a <= 1 for a in accuracy), row  # digits learn in two epochs
+    assert all(a > 0.8 for a in auroc), row  # the flipped rows are found
