@@ -110,9 +110,9 @@ class TaskModule(LossValMixin, L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         losses, out = self.per_sample_losses(batch)
-        self.log("val_loss", losses.mean(), prog_bar=True)
+        self.log("val_loss", losses.mean(), prog_bar=True, sync_dist=True)  # under DDP: all ranks' rows
         if self.hparams.task == "classification":
-            self.log("val_acc", (out.argmax(1) == batch[1]).float().mean(), prog_bar=True)
+            self.log("val_acc", (out.argmax(1) == batch[1]).float().mean(), prog_bar=True, sync_dist=True)
 
     def lossval_predict(self, batch) -> Tensor:
         """Predictions for a batch: class indices ``[B]`` or regression outputs ``[B, outputs]``."""

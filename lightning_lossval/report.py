@@ -101,8 +101,8 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
 
 
 def _shown(name: str, v: Any) -> str:
-    if not isinstance(v, float):
-        return _cell(v)
+    if not isinstance(v, float):  # a label or id with a line break or a bar stays on its row
+        return _cell(v).replace("\r", "\\r").replace("\n", "\\n").replace("|", "\\|")
     return f"{v:.4f}" if name == "value" else f"{v:.6g}"
 
 

@@ -72,3 +72,10 @@ def test_the_printed_table_keeps_the_digits_of_large_and_small_targets():
     lines = format_table(rows).splitlines()
     assert lines[1].split() == ["3", "733556", "754362", "0.4123"]  # not 733555.7200 next to 7.544e+05
     assert lines[2].split() == ["9", "0.000676", "0.00071", "0.5000"]  # not 0.0007
+
+
+def test_a_label_with_a_line_break_or_a_bar_stays_on_its_row_of_the_printed_table():
+    rows = [{"row": 3, "target": 'a "quoted"\nlabel', "value": 0.25}, {"row": 9, "target": "x|y", "value": 0.5}]
+    lines = format_table(rows).splitlines()
+    assert len(lines) == 3 and lines[1].endswith("0.2500") and 'a "quoted"\\nlabel' in lines[1], lines
+    assert format_table(rows, markdown=True).splitlines()[3] == "| 9 | x\\|y | 0.5000 |"
