@@ -85,7 +85,9 @@ class LossValCLI(LightningCLI):
         """LightningCLI's reading of the checkpoint's hyperparameters, after checking that the file is one."""
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if isinstance(ckpt, str) and ckpt not in ("last", "best", "hpc") and not ckpt.startswith("registry"):
+        if ckpt in ("last", "best"):  # each run logs into a new version folder, where Lightning would look
+            ckpt = self.config[subcommand]["ckpt_path"] = _newest_checkpoint(ckpt, self.config[subcommand])
+        if isinstance(ckpt, str) and ckpt != "hpc" and not ckpt.startswith("registry"):
             if not Path(ckpt).is_file():
                 raise ConfigError(
                     f"--ckpt_path {ckpt}: no such file; give a checkpoint a fit saved (lightning_logs/version_N/"
@@ -222,6 +224,19 @@ def configs_command(args: list[str]) -> None:
     for config in configs:
         shutil.copyfile(config, target / config.name)
     print(f"wrote {', '.join(c.name for c in configs)} to {target}")
+
+
+def _newest_checkpoint(name: str, config: Any) -> str:
+    """``--ckpt_path last``: the newest checkpoint of the earlier runs under ``trainer.default_root_dir``
+    (a new run's own folder has none yet); ``best`` is refused, as no run's best is known here."""
+    root = Path(config["trainer"].get("default_root_dir") or ".")
+    found = sorted(root.glob("*/version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+    where = f"{root}/<logger>/version_N/checkpoints/"
+    if name == "best" or not found:
+        said = "a new run knows no best checkpoint" if name == "best" else f"no checkpoint in {where}"
+        raise ConfigError(f"--ckpt_path {name}: {said}; give the path of the checkpoint to start from")
+    print(f"lossval: --ckpt_path last: resuming from {found[-1]}, the newest checkpoint in {where}", flush=True)
+    return str(found[-1])
 
 
 def _user_error(error: BaseException | None) -> BaseException | None:

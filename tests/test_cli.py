@@ -218,6 +218,24 @@ def test_a_checkpoint_that_cannot_resume_this_run_says_why(tmp_path, capsys):
         assert re.search(message, err), err
 
 
+def test_ckpt_path_last_resumes_the_newest_checkpoint_of_the_earlier_runs(tmp_path, capsys):
+    args = ["fit", "--config", str(CONFIGS / "default.yaml"), "--trainer.default_root_dir", str(tmp_path), *QUIET]
+    args += ["--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "1"]
+    for name in ("last", "best"):  # no earlier run yet; a best checkpoint no new run knows
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--ckpt_path", name])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and f"lossval: error: --ckpt_path {name}: " in err, err
+    assert not list(tmp_path.rglob("*.ckpt"))
+    main([*args, "--trainer.max_epochs", "1"])
+    (saved,) = tmp_path.rglob("*.ckpt")
+    capsys.readouterr()
+    main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])  # Lightning alone would start afresh
+    assert f"--ckpt_path last: resuming from {saved}" in capsys.readouterr().out
+    (second,) = set(tmp_path.rglob("*.ckpt")) - {saved}
+    assert torch.load(second, weights_only=False)["epoch"] == 1  # one more epoch, not two from scratch
+
+
 def test_csv_config_without_data_says_which_option_to_set(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "--config", str(CONFIGS / "csv.yaml")])
