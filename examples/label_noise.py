@@ -91,7 +91,9 @@ def main() -> None:
     L.seed_everything(args.seed)
     data = Digits(args.noise_rate, args.seed)
     model = MLP()
-    lossval = LossValCallback()  # validation features: the DataModule's val_dataloader
+    # validation features: the DataModule's val_dataloader; the flipped rows, so that TensorBoard shows how
+    # well they are found; show=0: the table below, with the true labels, replaces the callback's
+    lossval = LossValCallback(noisy_mask=data.noisy, show=0)
     trainer = L.Trainer(
         max_epochs=args.epochs,
         callbacks=[lossval],
