@@ -10,28 +10,25 @@ What it does, in hook order:
   without indices while :meth:`LossValMixin.lossval_loss` turns the per-sample losses into the
   batch's LossVal loss. ``teardown`` and ``on_exception`` undo every patch, so a failed fit
   leaves the module as it was and a later fit starts afresh.
-- ``on_fit_start``: the dense store joins the user's optimizer; the validation features are
-  computed once (in eval mode), or at every epoch start when the module sets
-  ``lossval_refresh_validation`` (features from the network). Training steps before it (a
-  tuner's trial runs: ``Tuner.lr_find``, ``scale_batch_size``) train on the plain mean loss and
-  leave the weights alone.
+- ``on_fit_start``: the dense store joins the user's optimizer; the validation features are computed
+  once (in eval mode), or at every epoch start when the module sets ``lossval_refresh_validation``
+  (features from the network). Training steps before it (a tuner's trial runs: ``Tuner.lr_find``,
+  ``scale_batch_size``) train on the plain mean loss and leave the weights alone.
 - every optimizer step: the sparse store moves the batch's samples (gathered from all ranks);
   both stores count each row's visits. At the first epoch end, weights that no optimizer step
   ever moved are an error that names ``optimizer_index``.
 - every ``log_every_n_steps`` and at each epoch end (rank zero): a weight histogram and the
   scalars ``lossval/weight_mean``, ``_std``, ``_min`` and ``_frac_below_init``; at epoch ends,
-  when the noisy rows are known, ``lossval/detection_f1``, ``f1_at_noise_rate``, ``auroc`` and
-  ``average_precision``.
-- ``on_fit_end``: writes ``values.csv`` and ``values.pt`` atomically into the logger's log
-  directory (without one: a new ``<default_root_dir>/lossval/version_N``), prints the ``show``
-  lowest-valued rows (and the detection metrics), and puts the same table (and a
+  when the noisy rows are known, the detection metrics (``lossval/auroc``, ...).
+- ``on_fit_end`` (rank zero): writes ``values.csv`` and ``values.pt`` atomically into the
+  logger's log directory (without one: a new ``<default_root_dir>/lossval/version_N``), prints
+  the ``show`` lowest-valued rows (and the detection metrics), and puts the same table (and a
   clean-vs-noisy figure) into TensorBoard.
 
-``values.csv`` lists the samples lowest value first: ``rank, index`` (position in the
-training dataset), the DataModule's ``row_columns()`` if it has that method (e.g. ``row``,
-``id``, ``target``), ``prediction`` if the module has ``lossval_predict(batch)`` (decoded by
-the DataModule's ``format_target`` if present), ``noisy`` when known, ``visits`` (how often the
-row was in a training batch; 0: never measured, its value stays 1.0) and ``value``.
+``values.csv`` lists the samples lowest value first: ``rank, index`` (position in the training
+dataset), the DataModule's ``row_columns()`` if it has that method (e.g. ``row``, ``id``,
+``target``), ``prediction`` if the module has ``lossval_predict(batch)`` (decoded by the
+DataModule's ``format_target``), ``noisy`` when known, ``visits`` (0: never measured) and ``value``.
 The callback's checkpoint state holds the weights, the visits and the update rule's state (the
 module's own state dict stays free of them), so resuming, also mid-epoch, continues exactly;
 ``trainer.test`` / ``validate`` with a ``ckpt_path`` leave the values of the fit alone.
@@ -157,6 +154,7 @@ class LossValCallback(Callback):
         self._checked_shapes = False
         self._last_logged_step = -1
         self._noisy: Tensor | None = None
+        self._rank_zero = True  # global rank zero of the last fit: the one process that writes files
 
     # ------------------------------------------------------------------ values
     @property
@@ -177,13 +175,15 @@ class LossValCallback(Callback):
         """The rows of ``values.csv``: lowest value first, with the known per-sample columns."""
         return values_table(check_finite(self.values, "export", self.preset.update), self.columns, limit)
 
-    def to_csv(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`table` as CSV, atomically (a crash never leaves a truncated file)."""
-        return write_csv(path, self.table())
+    def to_csv(self, path: str | os.PathLike) -> Path | None:
+        """Write :meth:`table` as CSV, atomically (a crash never leaves a truncated file); after a DDP fit
+        only on global rank zero, which knows every column (the others write nothing, return None)."""
+        return write_csv(path, self.table()) if self._rank_zero else None
 
-    def save_values(self, directory: str | os.PathLike) -> Path:
-        """Write ``values.csv`` and ``values.pt`` (the ``[N]`` tensor) into ``directory``."""
-        return save_values(directory, check_finite(self.values, "export", self.preset.update), self.columns)
+    def save_values(self, directory: str | os.PathLike) -> Path | None:
+        """Write ``values.csv`` and ``values.pt`` (the ``[N]`` tensor) into ``directory``; rank zero only."""
+        values = check_finite(self.values, "export", self.preset.update)
+        return save_values(directory, values, self.columns) if self._rank_zero else None
 
     # ------------------------------------------------------------------ hooks
     @override
@@ -197,7 +197,7 @@ class LossValCallback(Callback):
             )
         check_strategy(trainer)
         patching.after_setup(pl_module, lambda: self._new_store(trainer, pl_module))
-        self._fitting, self._started = True, False
+        self._fitting, self._started, self._rank_zero = True, False, trainer.is_global_zero
 
     def _new_store(self, trainer: Trainer, pl_module: LightningModule) -> None:  # N new weights, module patched
         self._store = new_store(_count_train_samples(trainer), self.preset.update, self.sparse, pl_module.device)

@@ -75,6 +75,7 @@ def main() -> None:
             "state": getattr(lossval._store, "state", None),
             "global_step": trainer.global_step,
             "values_path": str(lossval.values_path),
+            "to_csv": str(lossval.to_csv(args.out / "own.csv")),  # a script's own copy, written on every rank
         },
         args.out / f"rank{trainer.global_rank}.pt",
     )

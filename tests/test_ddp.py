@@ -84,6 +84,9 @@ def test_two_nodes_one_values_file(tmp_path):
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert (rank0["values"] - rank1["values"]).abs().max().item() == 0 and (rank0["values"] != 1).all()
     assert rank1["values_path"] == "None"  # only global rank zero writes
+    assert rank0["to_csv"] == str(tmp_path / "own.csv") and rank1["to_csv"] == "None"  # no race for the path
+    with open(tmp_path / "own.csv") as f:
+        assert next(csv.reader(f)) == ["rank", "index", "visits", "value"]  # rank zero's columns, visits included
     index, values = read_values_csv(tmp_path)
     assert len(values) == 400 and torch.allclose(values, rank0["values"][index], atol=1e-6)
 
