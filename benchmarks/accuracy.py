@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -25,7 +27,10 @@ from sklearn.datasets import load_digits
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.functional.classification import binary_auroc
 
-from lightning_lossval import LossValCallback, index_dataloader
+sys.path.insert(0, str(Path(__file__).parent))
+from detection import trainer  # noqa: E402  the detection benchmark's quiet CPU Trainer
+
+from lightning_lossval import LossValCallback, index_dataloader  # noqa: E402
 from lightning_lossval.data import EpochRandomSampler
 from lightning_lossval.models import MLP
 from lightning_lossval.noise import flip_labels
@@ -56,16 +61,7 @@ def run(args: argparse.Namespace, seed: int, noise_rate: float, epochs: int, los
     if lossval is not None:
         callback = LossValCallback(val_data=val_x, export=False, show=0, **lossval)
         loader, callbacks = index_dataloader(loader), [callback]
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
-    trainer.fit(model, loader)
+    trainer(epochs, callbacks).fit(model, loader)
     model.eval()
     with torch.no_grad():
         accuracy = (model(test_x).argmax(1) == test_y).float().mean().item()

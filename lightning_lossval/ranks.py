@@ -18,7 +18,8 @@ from lightning_lossval.errors import ConfigError
 
 
 def check_strategy(trainer: Trainer) -> None:
-    """Refuse the strategies whose wrapping or process model would silently break the weights."""
+    """Refuse the strategies whose wrapping or process model would silently break the weights; with a
+    process group up, have it destroyed at exit (:func:`_close_at_exit`)."""
     strategy = trainer.strategy
     name = type(strategy).__name__
     if "FSDP" in name or "DeepSpeed" in name or "ModelParallel" in name:

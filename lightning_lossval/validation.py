@@ -128,37 +128,28 @@ def validation_data(
     (``on_before_batch_transfer``, ``transfer_batch_to_device``, ``on_after_batch_transfer``), so
     both sides are compared in the same representation. At least :data:`MIN_VALIDATION_ROWS` rows.
     """
-    with random_state_kept(pl_module.device):
-        return _validation_data(val_data, trainer, pl_module, with_labels)
-
-
-def _validation_data(
-    val_data: Tensor | Dataset | DataLoader | tuple | list | None,
-    trainer: Trainer,
-    pl_module: LightningModule,
-    with_labels: bool,
-) -> tuple[Tensor, Tensor | None]:
-    data, origin = fit_validation(trainer) if val_data is None else (val_data, "val_data")
-    parts = validation_parts(data, origin)
-    if pl_module.lossval_refresh_validation and any(isinstance(p, Tensor) for p in parts):
-        raise DataError(
-            f"{type(pl_module).__name__} computes its LossVal features with the network "
-            "(lossval_refresh_validation), so val_data must hold inputs, not features: pass an (inputs, targets) "
-            "tuple, a Dataset or a DataLoader"
-        )
-    features: list[Tensor] = []
-    targets: list[Tensor | None] = []
-    with eval_mode(pl_module), torch.no_grad():  # features from the network: no BatchNorm updates
-        for loader_index, part in enumerate(parts):
-            if isinstance(part, Tensor):
-                features.append(_rows(part))
-                targets.append(None)
-                continue
-            for batch in part:
-                batch = as_step_batch(batch, trainer, pl_module, loader_index)
-                features.append(_rows(pl_module.lossval_features(batch)))
-                targets.append(pl_module.lossval_targets(batch) if with_labels else None)
-    return _checked(features, targets, with_labels, origin, pl_module.device)
+    with random_state_kept(pl_module.device):  # the user's training draws as without this read
+        data, origin = fit_validation(trainer) if val_data is None else (val_data, "val_data")
+        parts = validation_parts(data, origin)
+        if pl_module.lossval_refresh_validation and any(isinstance(p, Tensor) for p in parts):
+            raise DataError(
+                f"{type(pl_module).__name__} computes its LossVal features with the network "
+                "(lossval_refresh_validation), so val_data must hold inputs, not features: pass an (inputs, targets) "
+                "tuple, a Dataset or a DataLoader"
+            )
+        features: list[Tensor] = []
+        targets: list[Tensor | None] = []
+        with eval_mode(pl_module), torch.no_grad():  # features from the network: no BatchNorm updates
+            for loader_index, part in enumerate(parts):
+                if isinstance(part, Tensor):
+                    features.append(_rows(part))
+                    targets.append(None)
+                    continue
+                for batch in part:
+                    batch = as_step_batch(batch, trainer, pl_module, loader_index)
+                    features.append(_rows(pl_module.lossval_features(batch)))
+                    targets.append(pl_module.lossval_targets(batch) if with_labels else None)
+        return _checked(features, targets, with_labels, origin, pl_module.device)
 
 
 def as_step_batch(batch: Any, trainer: Trainer, pl_module: LightningModule, loader_index: int = 0) -> Any:
