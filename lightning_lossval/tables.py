@@ -11,6 +11,7 @@ blank CSV lines are skipped, as pandas does, so ``row`` numbers match a ``pandas
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 import math
 import re
@@ -24,7 +25,10 @@ from torch import Tensor
 
 from lightning_lossval.errors import DataError
 
-MISSING_TOKENS = frozenset({"", "na", "n/a", "nan", "null", "none"})
+# missing cells, in any case; "null" and "none" only in a column of numbers: in a text column they can be categories
+MISSING_WORDS = frozenset({"", "na", "n/a", "nan"})
+NUMERIC_MISSING_WORDS = MISSING_WORDS | {"null", "none"}
+MISSING_TEXT = "empty, NA, N/A or NaN in any case; in a column of numbers also null or none"
 MAX_SHOWN = 10  # names, values or lines listed in a message before "... and K more"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 # a detected categorical column with more distinct values than this and than half its rows looks like an id
@@ -51,14 +55,8 @@ class Table(NamedTuple):
         return [row[i] for row in self.rows]
 
     def take(self, keep: list[int]) -> Table:
-        return Table(
-            self.source,
-            self.header,
-            [self.rows[i] for i in keep],
-            [self.lines[i] for i in keep],
-            [self.numbers[i] for i in keep],
-            self.unit,
-        )
+        rows, lines, numbers = ([values[i] for i in keep] for values in (self.rows, self.lines, self.numbers))
+        return self._replace(rows=rows, lines=lines, numbers=numbers)
 
 
 def listing(items: list, limit: int = MAX_SHOWN, quote: bool = True) -> str:
@@ -202,11 +200,8 @@ def same_columns(val: Table, train: Table, needed: list[str]) -> Table:
     lacking = [c for c in needed if c not in val.header]
     extra = [c for c in val.header if c not in train.header]
     if lacking or extra:
-        problems = []
-        if lacking:
-            problems.append(f"lacks {listing(lacking)}")
-        if extra:
-            problems.append(f"has extra {listing(extra)}")
+        problems = [f"lacks {listing(lacking)}"] if lacking else []
+        problems += [f"has extra {listing(extra)}"] if extra else []
         raise DataError(
             f"the validation data ({val.source}) must have the same columns as {train.source}, but it "
             f"{' and '.join(problems)}; add or remove those columns"
@@ -217,35 +212,38 @@ def same_columns(val: Table, train: Table, needed: list[str]) -> Table:
 
 
 def handle_missing(train: Table, val: Table | None, columns: list[str], mode: str) -> tuple[Table, Table | None]:
+    """Refuse (``mode="error"``) or drop (``"drop"``) the rows with a missing cell (``MISSING_TEXT``) in ``columns``."""
     tables = [t for t in (train, val) if t is not None]
-    bad = [_missing_rows(t, columns) for t in tables]
+    words = {c: _missing_words(tables, c) for c in columns}
+    bad = [_missing_rows(t, words) for t in tables]
     if not any(bad):
         return train, val
-    where, only_empty = _missing_columns(tables, columns)
+    where, only_empty = _missing_columns(tables, words)
+    places = [listing([t.lines[i] for i in rows], quote=False) for t, rows in zip(tables, bad)]
+    reports = [f"{len(r)} row(s) of {t.source} ({t.unit}s {p})" for t, r, p in zip(tables, bad, places) if r]
     if mode == "error":
-        reports = []
-        for table, rows in zip(tables, bad):
-            if rows:
-                places = listing([table.lines[i] for i in rows], quote=False)
-                reports.append(f"{len(rows)} row(s) of {table.source} ({table.unit}s {places})")
         raise DataError(
-            f"missing values (empty, NA, N/A, NaN, null or none) in {where}: {'; '.join(reports)}. "
+            f"missing values ({MISSING_TEXT}) in {where}: {'; '.join(reports)}. "
             + ("Leave those columns out" if only_empty else "Fill them in, or drop those rows with --data.missing drop")
         )
-    kept = []
     for table, rows in zip(tables, bad):
-        dropped = set(rows)
-        table = table.take([i for i in range(len(table.rows)) if i not in dropped])
-        if not table.rows:
+        if len(rows) == len(table.rows):
             raise DataError(f"every row of {table.source} has a missing value, in {where}")
-        kept.append(table)
+    kept = [t.take(sorted(set(range(len(t.rows))) - set(rows))) for t, rows in zip(tables, bad)]
+    rank_zero_info(f"--data.missing drop: dropped {'; '.join(reports)}, for missing values in {where}")
     return kept[0], kept[1] if val is not None else None
 
 
-def _missing_columns(tables: list[Table], columns: list[str]) -> tuple[str, bool]:
+def _missing_words(tables: list[Table], column: str) -> frozenset[str]:
+    """What marks a missing cell of ``column``: null and none too when all its other cells are numbers."""
+    cells = [v for t in tables for v in t.column(column) if v.lower() not in NUMERIC_MISSING_WORDS]
+    return NUMERIC_MISSING_WORDS if all(to_float(v) is not None for v in cells) else MISSING_WORDS
+
+
+def _missing_columns(tables: list[Table], words: dict[str, frozenset[str]]) -> tuple[str, bool]:
     """Which columns hold the missing cells, for messages (a column empty in every row is named with the way
     out), and whether those are all such columns."""
-    counts = {c: sum(len(_missing_rows(t, [c])) for t in tables) for c in columns}
+    counts = {c: sum(len(_missing_rows(t, {c: w})) for t in tables) for c, w in words.items()}
     total = sum(len(t.rows) for t in tables)
     named = [f"{c!r} ({n} row(s))" for c, n in counts.items() if n]
     text = f"column(s) {listing(named, quote=False)}"
@@ -255,9 +253,19 @@ def _missing_columns(tables: list[Table], columns: list[str]) -> tuple[str, bool
     return text, len(empty) == len(named)
 
 
-def _missing_rows(table: Table, columns: list[str]) -> list[int]:
-    at = [table.header.index(c) for c in columns]
-    return [r for r, row in enumerate(table.rows) if any(row[i].lower() in MISSING_TOKENS for i in at)]
+def _missing_rows(table: Table, words: dict[str, frozenset[str]]) -> list[int]:
+    """The rows with a missing cell in a column of ``words`` (each column's missing words)."""
+    at = [(table.header.index(c), w) for c, w in words.items()]
+    return [r for r, row in enumerate(table.rows) if any(row[i].lower() in w for i, w in at)]
+
+
+def did_you_mean(names: list[str], header: list[str]) -> str:
+    """`` (did you mean 'label'?)``: for each of ``names`` (not in ``header``) its closest columns, the same name
+    in another case first (difflib on lowercase names); empty when none is close."""
+    lower = {c.lower(): c for c in header}
+    close = {n: [lower[c] for c in difflib.get_close_matches(n.lower(), lower, n=3)] for n in names}
+    hints = [" or ".join(map(repr, c)) + (f" for {n!r}" if len(names) > 1 else "") for n, c in close.items() if c]
+    return f" (did you mean {', '.join(hints)}?)" if hints else ""
 
 
 def encode_features(

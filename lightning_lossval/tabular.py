@@ -23,6 +23,7 @@ from lightning_lossval.tables import (
     Table,
     category_names,
     column_hints,
+    did_you_mean,
     encode_features,
     handle_missing,
     listing,
@@ -135,7 +136,8 @@ class TabularDataModule(LightningDataModule):
             half of its rows): name it as ``id_column``, drop it, or list it here.
         id_column: a column naming each row; not a feature, reported by :meth:`row_columns`.
         drop_columns: columns to ignore.
-        missing: ``error`` or ``drop`` for rows with an empty, NA, NaN, null or none feature/target.
+        missing: ``error`` or ``drop`` (naming the dropped lines) for rows with a missing feature or target:
+            an empty cell, NA, N/A or NaN (any case), and in a column of numbers also null or none.
         noise: ``none``, ``label``, ``feature`` or ``mixed``: corrupt training rows on purpose.
         noise_rate: fraction of training rows to corrupt, in [0, 1].
         seed: seed of the validation split and of the noise.
@@ -316,8 +318,8 @@ class TabularDataModule(LightningDataModule):
         available = listing(train.header)
         if hp.target not in train.header:
             raise DataError(
-                f"{train.source} has no target column {hp.target!r}; its columns are {available}. "
-                "Name the target column with --data.target NAME"
+                f"{train.source} has no target column {hp.target!r}{did_you_mean([hp.target], train.header)}; "
+                f"its columns are {available}. Name the target column with --data.target NAME"
             )
         for option, names in (
             ("id_column", [] if hp.id_column is None else [hp.id_column]),
@@ -327,8 +329,8 @@ class TabularDataModule(LightningDataModule):
             unknown = [n for n in names if n not in train.header]
             if unknown:
                 raise DataError(
-                    f"data.{option} names {listing(unknown)}, which {train.source} does not have; "
-                    f"its columns are {available}"
+                    f"data.{option} names {listing(unknown)}, which {train.source} does not have"
+                    f"{did_you_mean(unknown, train.header)}; its columns are {available}"
                 )
             if hp.target in names:
                 raise DataError(f"the target column {hp.target!r} cannot also be in data.{option}; remove it there")
@@ -386,15 +388,12 @@ class TabularDataModule(LightningDataModule):
                 "classification needs at least two: check that --data.target names the right column"
             )
         index = {c: i for i, c in enumerate(self.classes)}
+        numeric = "; or, if the target is a number, set --data.task regression" if self.hparams.task == "auto" else ""
         for value, line in zip(val_values, val.lines):
             if value not in index:
                 raise DataError(
                     f"{val.at(line)}: target {value!r} is not one of the {len(self.classes)} training classes "
-                    f"({listing(self.classes)}); remove such validation rows or add training rows of that class"
-                    + (
-                        "; or, if the target is a number, set --data.task regression"
-                        if self.hparams.task == "auto"
-                        else ""
-                    )
+                    f"({listing(self.classes)}); remove such validation rows or add training rows of that "
+                    f"class{numeric}"
                 )
         return tuple(torch.tensor([index[v] for v in t], dtype=torch.long) for t in (values, val_values))

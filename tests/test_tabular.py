@@ -123,7 +123,7 @@ def test_missing_values_error_or_drop(tmp_path):
     rows = animal_rows(12)
     rows[1][1] = ""
     rows[3][2] = "NA"
-    rows[5][3] = " null "
+    rows[5][1] = " null "  # null counts as missing in a column of numbers
     rows[7][0] = ""  # a missing id is not a missing feature
     path = write_csv(tmp_path / "train.csv", HEADER, rows)
     val = write_csv(tmp_path / "val.csv", HEADER, [["v0", "n/a", "red", "cat"], ["v1", "9", "red", "cat"]])
@@ -666,3 +666,74 @@ def test_files_that_are_not_plain_csv_say_what_they_are(tmp_path):
     ):
         with pytest.raises(DataError, match=message):
             prepared(train_csv=str(tmp_path / name), target="label")
+
+
+def test_none_and_null_are_categories_in_text_columns_but_missing_in_numeric_ones(tmp_path):
+    # a real category "none" (pandas keeps it too); in a column of numbers it marks a missing value
+    allergies = ["none", "pollen", "dust", "None", "null"]
+    rows = [[f"{i * 0.5}", allergies[i % 5], "none" if i % 3 else "mild"] for i in range(40)]
+    rows[4][0], rows[6][1], rows[8][1] = "none", "NA", ""
+    path = write_csv(tmp_path / "t.csv", ["age", "allergy", "reaction"], rows)
+    with pytest.raises(
+        DataError,
+        match=r"missing values \(empty, NA, N/A or NaN in any case; in a column of numbers also null or none\) in "
+        r"column\(s\) 'age' \(1 row\(s\)\), 'allergy' \(2 row\(s\)\): 3 row\(s\) of .*t.csv \(lines 6, 8, 10\)",
+    ):
+        prepared(train_csv=path, target="reaction")
+
+    rows[4][0], rows[6][1], rows[8][1] = "2.0", "dust", "pollen"
+    path = write_csv(tmp_path / "t.csv", ["age", "allergy", "reaction"], rows)
+    dm = prepared(train_csv=path, target="reaction", val_fraction=0.2)
+    categories = ["None", "dust", "none", "null", "pollen"]
+    assert dm.feature_names == ["age", *(f"allergy={c}" for c in categories)]
+    x, _ = dm.train_set.tensors
+    for row, features in zip(dm.row_columns()["row"], x):
+        assert features[1:].tolist() == [float(rows[row][1] == c) for c in categories]
+    assert dm.classes == ["mild", "none"]
+    from lightning_lossval.report import save_values
+
+    columns = dm.row_columns()
+    columns["prediction"] = dm.format_target(dm.train_set.tensors[1])
+    with open(save_values(tmp_path / "run", torch.ones(len(dm.train_set)), columns)) as f:
+        written = list(csv.DictReader(f))
+    assert {r["target"] for r in written} == {r["prediction"] for r in written} == {"mild", "none"}
+    assert all(r["target"] == rows[int(r["row"])][2] for r in written)
+
+
+def test_dropping_rows_with_missing_values_says_which(tmp_path, caplog):
+    rows = animal_rows(40)
+    for i in (3, 8, 9, 12, 15, 18, 21, 24, 27, 30, 33, 36):
+        rows[i][1] = ""
+    path = write_csv(tmp_path / "train.csv", HEADER, rows)
+    val = write_csv(tmp_path / "val.csv", HEADER, [["v0", "NaN", "red", "cat"], ["v1", "9", "red", "cat"]])
+    with caplog.at_level("INFO"):
+        dm = prepared(train_csv=path, val_csv=val, target="label", id_column="id", missing="drop")
+    assert len(dm.train_set) == 28 and len(dm.val_set) == 1
+    dropped = [m for m in caplog.messages if "--data.missing drop" in m]
+    assert dropped == [
+        f"--data.missing drop: dropped 12 row(s) of {path} (lines 5, 10, 11, 14, 17, 20, 23, 26, 29, 32, ... and 2 "
+        f"more); 1 row(s) of {val} (lines 2), for missing values in column(s) 'size' (13 row(s))"
+    ]
+    caplog.clear()
+    ok = write_csv(tmp_path / "ok.csv", HEADER, animal_rows(40))
+    with caplog.at_level("INFO"):
+        prepared(train_csv=ok, target="label", id_column="id", missing="drop")
+    assert not any("--data.missing drop" in m for m in caplog.messages)  # nothing dropped, nothing said
+
+
+def test_an_unknown_column_name_suggests_the_closest(tmp_path):
+    header = ["customer_id", "Age", "colour", "label", *(f"x{i}" for i in range(12))]
+    path = write_csv(tmp_path / "t.csv", header, [["c0", "30", "red", "a", *["1"] * 12]] * 3)
+    for kwargs, message in (
+        (dict(target="Label"), r"no target column 'Label' \(did you mean 'label'\?\); its columns are 'customer_id'"),
+        (dict(target="LABEL"), r"no target column 'LABEL' \(did you mean 'label'\?\); its columns"),
+        (dict(target="species"), r"no target column 'species'; its columns are"),  # nothing close: no guess
+        (dict(id_column="customerid"), r"names 'customerid', which .*t.csv does not have \(did you mean 'customer_id'"),
+        (dict(categorical=["color", "age"]), r"does not have \(did you mean 'colour' for 'color', 'Age' for 'age'\?\)"),
+        (
+            dict(drop_columns=["x1", "zzz", "x_13"]),
+            r"names 'zzz', 'x_13', .*\(did you mean 'x3' or 'x1' for 'x_13'\?\)",
+        ),
+    ):
+        with pytest.raises(DataError, match=message + r".*\.\.\. and \d+ more"):
+            prepared(**{"train_csv": path, "target": "label", **kwargs})
