@@ -1,4 +1,5 @@
-"""Detection metrics for a valuation when the noisy samples are known. Pure functions on tensors.
+"""Detection metrics for a valuation when the noisy samples are known, and the 2-means cut that flags
+rows when they are not. Pure functions on tensors.
 
 Low value = suspected noisy. ``values``: ``[N]`` float, ``noisy``: ``[N]`` bool.
 """
@@ -31,6 +32,18 @@ def two_means_split(values: Tensor) -> Tensor:
     mask = torch.zeros(n, dtype=torch.bool)
     mask[order[:best]] = True
     return mask
+
+
+def flag_low(values: Tensor, measured: Tensor | None = None) -> Tensor:
+    """The rows a 2-means split suggests acting on, ``[N]`` bool: of the ``measured`` rows (default: all),
+    those valued at most the largest value of the split's lower group (ties with it included). Nothing
+    when fewer than two measured values differ: 2-means would still split them."""
+    values = values.detach().double().cpu().flatten()
+    measured = torch.ones_like(values, dtype=torch.bool) if measured is None else measured.bool().cpu().flatten()
+    seen = values[measured]
+    if seen.numel() < 2 or seen.min() == seen.max():
+        return torch.zeros(values.numel(), dtype=torch.bool)
+    return measured & (values <= seen[two_means_split(seen)].max())
 
 
 def f1(flagged: Tensor, noisy: Tensor) -> float:

@@ -10,7 +10,7 @@ from typing import IO, Any
 import torch
 from torch import Tensor
 
-from lightning_lossval.metrics import discovery_curve
+from lightning_lossval.metrics import discovery_curve, flag_low
 
 METRIC_NAMES = {
     "detection_f1": "F1 (2-means)",
@@ -23,17 +23,31 @@ METRIC_NAMES = {
 def values_table(
     values: Tensor, columns: dict[str, list] | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:
-    """Rows ``rank, index, <columns...>, value``, lowest value (most suspicious) first; the first
-    ``limit`` rows only if given.
+    """Rows ``rank, index, <columns...>, value, flagged``, lowest value (most suspicious) first; the first
+    ``limit`` rows only if given. ``flagged``: in :func:`flagged_rows`.
 
     ``columns`` holds per-sample lists aligned with ``values`` (e.g. ``row``, ``id``, ``target``).
     """
     columns = columns or {}
     order = values.argsort(stable=True)[:limit].tolist()
+    flagged = flagged_rows(values, columns).tolist()
     return [
-        {"rank": rank, "index": i, **{name: column[i] for name, column in columns.items()}, "value": values[i].item()}
+        {
+            "rank": rank,
+            "index": i,
+            **{name: column[i] for name, column in columns.items()},
+            "value": values[i].item(),
+            "flagged": flagged[i],
+        }
         for rank, i in enumerate(order, start=1)
     ]
+
+
+def flagged_rows(values: Tensor, columns: dict[str, list] | None = None) -> Tensor:
+    """The suggested cut, ``[N]`` bool: the lower group of the values' 2-means split, of the rows measured
+    (``visits`` above 0, when ``columns`` has them); nothing if their values do not differ."""
+    visits = (columns or {}).get("visits")
+    return flag_low(values, None if visits is None else torch.as_tensor(visits) > 0)
 
 
 def weight_stats(weights: Tensor) -> dict[str, float]:
@@ -72,7 +86,7 @@ def _cell(value: Any, key: str = "value") -> str:
             return f"{value:.9g}"
         return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
     if isinstance(value, bool):
-        return "yes" if value else ""
+        return "yes" if value else "no"
     return str(value)
 
 

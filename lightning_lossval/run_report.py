@@ -3,6 +3,7 @@ files go, the final printout."""
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from lightning_lossval.errors import DataError
 from lightning_lossval.metrics import detection_report
 from lightning_lossval.report import (
     detection_figure,
+    flagged_rows,
     format_metrics,
     format_table,
     next_version_dir,
@@ -139,8 +141,9 @@ def print_report(
     noisy: Tensor | None,
     values_path: Path | None,
 ) -> None:
-    """Print the ``show`` lowest rows, the rows never trained on, the detection metrics and where the
-    values went; put the table (and the clean-vs-noisy figure) into TensorBoard."""
+    """Print the ``show`` lowest rows, the rows never trained on, the 2-means cut, the detection metrics,
+    where the values went and how to open TensorBoard; put the table (and the clean-vs-noisy figure) into
+    TensorBoard."""
     rows = values_table(values, columns, show)
     lines = []
     if rows:
@@ -152,19 +155,34 @@ def print_report(
             f"{unseen} of {len(values)} rows were never in a training batch; their value 1.0 means unmeasured "
             "(visits = 0 in values.csv)"
         )
+    lines += [_cut_line(values, columns, unseen, values_path)] if rows else []  # show=0: no rows, no cut
     if noisy is not None:
         metrics = detection_report(values, noisy)
         lines.append(f"detection of the {int(noisy.sum())} known noisy samples: {format_metrics(metrics)}")
     if values_path is not None:
         lines.append(f"values of all samples: {values_path}")
-    if lines:
-        print("\n".join(lines), flush=True)
+    boards = [logger.root_dir for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+    lines += [f"TensorBoard: tensorboard --logdir {shlex.quote(str(root))}" for root in dict.fromkeys(boards)]
+    print("\n".join(lines), flush=True)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and rows:
             logger.experiment.add_text("lossval/lowest_rows", format_table(rows, markdown=True), trainer.global_step)
             if noisy is not None:
                 logger.experiment.add_figure("lossval/detection", detection_figure(values, noisy), trainer.global_step)
             logger.experiment.flush()
+
+
+def _cut_line(values: Tensor, columns: dict[str, list], unseen: int, values_path: Path | None) -> str:
+    """The line on :func:`~lightning_lossval.report.flagged_rows`: how many rows, below which value."""
+    flagged = flagged_rows(values, columns)
+    if not flagged.any():
+        return "suggested cut: none; the values of the measured rows do not differ"
+    rows = f"the {len(values) - unseen} measured rows" if unseen else f"{len(values)} rows"
+    where = "; flagged column in values.csv" if values_path is not None else ""
+    return (
+        f"suggested cut: the 2-means split of the values flags {int(flagged.sum())} of {rows} "
+        f"(value <= {values[flagged].max().item():.4f}){where}"
+    )
 
 
 def _datamodule_columns(trainer: Trainer) -> dict[str, list]:

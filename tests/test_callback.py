@@ -76,7 +76,7 @@ def test_values_file_and_tensorboard(tmp_path, capsys):
     assert cb.values_path.parent == Path(logger.log_dir)
     with open(cb.values_path) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["rank", "index", "noisy", "visits", "value"]
+    assert list(rows[0]) == ["rank", "index", "noisy", "visits", "value", "flagged"]
     assert {r["visits"] for r in rows} == {"2"}  # two epochs over every row
     assert [int(r["rank"]) for r in rows] == list(range(1, 401))
     assert sorted(int(r["index"]) for r in rows) == list(range(400))

@@ -47,9 +47,13 @@ def test_default_job_leaves_values_and_a_tensorboard_to_look_at(tmp_path, capsys
         "noisy",
         "visits",
         "value",
+        "flagged",
     ]
+    assert {r["noisy"] for r in rows} == {r["flagged"] for r in rows} == {"yes", "no"}
     printed = capsys.readouterr().out
     assert "lowest-valued of 1617 training samples" in printed and "F1 (2-means)" in printed
+    assert "suggested cut: the 2-means split of the values flags" in printed
+    assert printed.rstrip().endswith(f"TensorBoard: tensorboard --logdir {log_dir.parent}")
 
     events = EventAccumulator(str(log_dir), size_guidance={"histograms": 0, "scalars": 0, "images": 0})
     events.Reload()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from helpers import TRAINER_ARGS, BlobData, Net, blobs
 from lightning.pytorch.callbacks import LearningRateFinder, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
 from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
@@ -272,10 +273,34 @@ def test_rows_no_batch_visited_are_counted_and_reported(tmp_path, objective, cap
     assert torch.equal(callback.values[unseen], torch.ones(200)) and (callback.values[~unseen] != 1).all()
     with open(callback.values_path) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["rank", "index", "visits", "value"]
+    assert list(rows[0]) == ["rank", "index", "visits", "value", "flagged"]
     assert all(int(r["visits"]) == visits[int(r["index"])] for r in rows)
+    flagged = [r for r in rows if r["flagged"] == "yes"]
+    assert flagged and all(r["visits"] == "2" for r in flagged)  # the unmeasured 1.0s are never flagged
     assert torch.equal(torch.load(callback.values_path.with_suffix(".pt")), callback.values)  # still the [N] values
-    assert "200 of 400 rows were never in a training batch; their value 1.0 means unmeasured" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "200 of 400 rows were never in a training batch; their value 1.0 means unmeasured" in printed
+    assert f"flags {len(flagged)} of the 200 measured rows (value <= " in printed
+
+
+def test_the_printout_gives_the_two_means_cut_of_values_csv_and_the_tensorboard_command(tmp_path, capsys):
+    logger = TensorBoardLogger(tmp_path / "my runs", name="tb")
+    callback = LossValCallback(show=3)
+    fit(tmp_path, Net(), callback, epochs=2, logger=logger)
+    with open(callback.values_path) as f:
+        rows = list(csv.DictReader(f))
+    flagged = [r for r in rows if r["flagged"] == "yes"]
+    assert 0 < len(flagged) < 400 and rows[: len(flagged)] == flagged  # the lowest rows, and only they
+    cut = callback.values[int(flagged[-1]["index"])].item()
+    assert float(rows[len(flagged)]["value"]) > cut
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert (
+        f"suggested cut: the 2-means split of the values flags {len(flagged)} of 400 rows (value <= {cut:.4f}); "
+        "flagged column in values.csv" in lines
+    )
+    assert lines[0] == "LossVal: the 3 lowest-valued of 400 training samples (lowest first)"
+    assert lines[1].split()[-1] == "flagged" and lines[2].split()[-1] == "yes"  # the printed table shows it too
+    assert lines[-1] == f"TensorBoard: tensorboard --logdir '{tmp_path / 'my runs' / 'tb'}'"
 
 
 def test_runs_without_a_logger_keep_their_own_values_files(tmp_path, capsys):
@@ -291,6 +316,7 @@ def test_runs_without_a_logger_keep_their_own_values_files(tmp_path, capsys):
     assert not list(tmp_path.glob("values.*"))
     printed = capsys.readouterr().out
     assert all(f"values of all samples: {path}" in printed for path in paths)
+    assert "TensorBoard" not in printed  # no TensorBoard logger, no command to open one
 
 
 class OwnData(Net):
@@ -373,7 +399,9 @@ def test_ctrl_c_keeps_the_values_learned_so_far(tmp_path, objective, capsys):
     with open(callback.values_path) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 400 and {int(r["visits"]) for r in rows} == {1, 2}  # all of epoch 0, three batches of 1
-    assert list(rows[0]) == ["rank", "index", "noisy", "visits", "value"]
-    assert all((r["noisy"] == "yes") == bool(noisy[int(r["index"])]) for r in rows)
+    assert list(rows[0]) == ["rank", "index", "noisy", "visits", "value", "flagged"]
+    assert [r["noisy"] for r in rows] == ["yes" if noisy[int(r["index"])] else "no" for r in rows]
+    flagged = [r for r in rows if r["flagged"] == "yes"]
+    assert 0 < len(flagged) < 400 and rows[: len(flagged)] == flagged
     assert torch.equal(torch.load(callback.values_path.with_suffix(".pt")), callback.values)
     assert f"fit interrupted in epoch 1; the values learned so far: {callback.values_path}" in capsys.readouterr().out

@@ -1,8 +1,10 @@
+import csv
+
 import pytest
 import torch
 
-from lightning_lossval.metrics import detection_report, discovery_curve, f1, lowest, two_means_split
-from lightning_lossval.report import format_table
+from lightning_lossval.metrics import detection_report, discovery_curve, f1, flag_low, lowest, two_means_split
+from lightning_lossval.report import format_table, save_values
 
 
 def brute_force_two_means(values):
@@ -22,6 +24,36 @@ def test_two_means_matches_brute_force(seed):
 def test_two_means_separates_two_clusters():
     values = torch.tensor([5.0, 5.1, -3.0, 4.9, -3.2, 5.2, -2.9])
     assert two_means_split(values).tolist() == [False, False, True, False, True, False, True]
+
+
+def test_flag_low_cuts_the_measured_values_and_flags_nothing_when_they_do_not_differ():
+    values = torch.tensor([2.0, 3.1, 1.0, 2.1, 3.0])
+    measured = torch.tensor([True, True, False, True, True])
+    assert flag_low(values).tolist() == [True, False, True, True, False]  # the 1.0 pulls the cut down with it
+    assert flag_low(values, measured).tolist() == [True, False, False, True, False]  # unmeasured: never flagged
+    ties = torch.tensor([0.0, 1.0, 0.0, 1.0, 0.0])
+    assert flag_low(ties).tolist() == [True, False, True, False, True]
+    for same in (torch.full((5,), 0.7), torch.tensor([0.3]), torch.zeros(0)):  # 2-means would still split these
+        assert not flag_low(same).any()
+    assert not flag_low(values, torch.tensor([True, False, False, False, False])).any()  # one measured row
+
+
+def test_values_csv_says_yes_or_no_for_flagged_and_noisy(tmp_path):
+    values = torch.tensor([0.9, 0.1, 1.0, 0.95, 0.15, 1.0])
+    columns = {"noisy": [False, True, False, False, True, False], "visits": [2, 2, 0, 2, 2, 2]}
+    with open(save_values(tmp_path, values, columns)) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["rank", "index", "noisy", "visits", "value", "flagged"]
+    assert [(r["index"], r["noisy"], r["flagged"]) for r in rows] == [
+        ("1", "yes", "yes"),
+        ("4", "yes", "yes"),
+        ("0", "no", "no"),
+        ("3", "no", "no"),
+        ("2", "no", "no"),  # value 1.0 never measured (visits 0): not flagged
+        ("5", "no", "no"),
+    ]
+    with open(save_values(tmp_path, torch.ones(3), {})) as f:
+        assert [r["flagged"] for r in csv.DictReader(f)] == ["no", "no", "no"]
 
 
 def test_f1_and_lowest():
