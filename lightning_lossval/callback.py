@@ -28,7 +28,9 @@ What it does, in hook order:
 ``values.csv`` lists the samples lowest value first: ``rank, index`` (position in the training
 dataset), the DataModule's ``row_columns()`` if it has that method (e.g. ``row``, ``id``,
 ``target``), ``prediction`` if the module has ``lossval_predict(batch)`` (decoded by the
-DataModule's ``format_target``), ``noisy`` when known, ``visits`` (0: never measured) and ``value``.
+DataModule's ``format_target``), ``noisy`` when known (``yes``/``no``), ``visits`` (0: never measured),
+``value`` and ``flagged`` (``yes``: the lower group of the 2-means split of the measured rows' values, a
+suggested cut).
 The callback's checkpoint state holds the weights, the visits and the update rule's state (the
 module's own state dict stays free of them), so resuming, also mid-epoch, continues exactly;
 ``trainer.test`` / ``validate`` with a ``ckpt_path`` leave the values of the fit alone.
@@ -40,15 +42,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from lightning_lossval import patching
-from lightning_lossval.data import Indexed, IndexedDataset, per_sample_loss_error, several_loaders_error
+from lightning_lossval.batches import INDEX_HELP, batch_features, check_first_batch
+from lightning_lossval.data import Indexed, IndexedDataset, several_loaders_error
 from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.mixin import WEIGHTS, LossValMixin
 from lightning_lossval.objective import Objective, Validation, lossval_objective, prepare_validation
@@ -72,7 +74,6 @@ from lightning_lossval.stores import (
     check_finite,
     check_manual_schedulers,
     check_store,
-    diverged,
     load_state,
     new_store,
     save_state,
@@ -80,8 +81,17 @@ from lightning_lossval.stores import (
 from lightning_lossval.updates import UpdateRule
 from lightning_lossval.validation import validation_data
 
-LOWER_LR = "the network has diverged: lower its learning rate"
-INDEX_HELP = "wrap your DataModule in IndexedDataModule(...) or your train DataLoader in index_dataloader(...)"
+NO_MIXIN = (
+    "add LossValMixin as its first base class and reduce the per-sample losses in training_step with "
+    "self.lossval_loss(losses)"
+)
+NOT_LOADED = (
+    "the checkpoint's LossVal weights are not loaded outside fit; cb.values and values.csv stay those of this "
+    "callback's last fit (resume with trainer.fit(ckpt_path=...))"
+)
+FRESH_WEIGHTS = (
+    "holds no LossVal weights (written without this callback): they start at 1.0 and value the epochs from here on"
+)
 
 
 class LossValCallback(Callback):
@@ -149,11 +159,9 @@ class LossValCallback(Callback):
         self._fitting = self._started = False  # between setup and teardown of fit; after on_fit_start
         self._validation: Validation | None = None
         self._validation_epoch = -1  # the epoch whose start computed the validation features
-        self._step: Indexed | None = None
-        self._calls = 0
-        self._checked_shapes = False
-        self._last_logged_step = -1
-        self._noisy: Tensor | None = None
+        self._step: Indexed | None = None  # the running training step's indices and batch
+        self._index: Tensor | None = None  # the indices of the batch the strategy moved last
+        self._calls, self._checked_shapes, self._last_logged_step, self._noisy = 0, False, -1, None
         self._rank_zero = True  # global rank zero of the last fit: the one process that writes files
 
     # ------------------------------------------------------------------ values
@@ -191,17 +199,15 @@ class LossValCallback(Callback):
         if stage != "fit":
             return
         if not isinstance(pl_module, LossValMixin):
-            raise ConfigError(
-                f"{type(pl_module).__name__} does not provide per-sample losses: add LossValMixin as its first base "
-                "class and reduce the per-sample losses in training_step with self.lossval_loss(losses)"
-            )
+            raise ConfigError(f"{type(pl_module).__name__} does not provide per-sample losses: {NO_MIXIN}")
         check_strategy(trainer)
         patching.after_setup(pl_module, lambda: self._new_store(trainer, pl_module))
-        self._fitting, self._started, self._rank_zero = True, False, trainer.is_global_zero
+        self._fitting, self._started, self._resumed, self._rank_zero = True, False, False, trainer.is_global_zero
 
     def _new_store(self, trainer: Trainer, pl_module: LightningModule) -> None:  # N new weights, module patched
         self._store = new_store(_count_train_samples(trainer), self.preset.update, self.sparse, pl_module.device)
         patching.patch(pl_module, self, self._training_step, None if self._store.sparse else self._store.weights)
+        patching.take_indices(trainer.strategy, lambda index: setattr(self, "_index", index))
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -213,6 +219,7 @@ class LossValCallback(Callback):
         if self._started and self.export:  # after Ctrl-C rank zero writes the values learned so far
             self.values_path = save_interrupted(trainer, self._store, exception, self._noisy) or self.values_path
         patching.restore(pl_module)  # the module is the user's again: no patches, no weights parameter
+        patching.release_indices(trainer.strategy)
         self._fitting = self._started = False
 
     @override
@@ -222,8 +229,7 @@ class LossValCallback(Callback):
         self._store.start(trainer, optimizer)
         self._prepare_validation(trainer, pl_module)
         self._noisy = noisy_mask(self.noisy_mask, trainer, self._store.numel())
-        self._checked_shapes = False
-        self._last_logged_step = -1
+        self._checked_shapes, self._last_logged_step = False, -1
         self._automatic = pl_module.automatic_optimization
         self._started = True
 
@@ -276,23 +282,28 @@ class LossValCallback(Callback):
         if "store" not in state_dict:
             return
         if not self._fitting:  # trainer.test / validate / predict(ckpt_path=...)
-            rank_zero_info(
-                "LossValCallback: the checkpoint's LossVal weights are not loaded outside fit; cb.values and "
-                "values.csv stay those of this callback's last fit (resume with trainer.fit(ckpt_path=...))"
-            )
-            return
+            return rank_zero_info(f"LossValCallback: {NOT_LOADED}")
         load_state(self._store, state_dict, self.preset)
+        self._resumed = True
+
+    @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path and not self._resumed:  # after every strategy's restore
+            rank_zero_info(f"LossValCallback: {trainer.ckpt_path} {FRESH_WEIGHTS}")
 
     # ------------------------------------------------------------------ the step
     def _training_step(self, step: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
-        if not isinstance(batch, Indexed):
+        if isinstance(batch, Indexed):  # a batch that did not pass the strategy's batch_to_device
+            self._index, batch = batch
+        index, self._index = self._index, None
+        if index is None:
             raise DataError(f"the training batch carries no sample indices: {INDEX_HELP}")
         if not self._started:  # a tuner's trial fit before this fit's start: the plain loss, weights untouched
-            return step(batch.data, *args, **kwargs)
+            return step(batch, *args, **kwargs)
         self._store.begin_batch()
-        self._step, self._calls, self.in_training_step = batch, 0, True
+        self._step, self._calls, self.in_training_step = Indexed(index, batch), 0, True
         try:
-            output = step(batch.data, *args, **kwargs)
+            output = step(batch, *args, **kwargs)
         finally:
             self._step, self.in_training_step = None, False
         if output is None and self._automatic:  # the step skips this batch, as Lightning allows
@@ -307,18 +318,15 @@ class LossValCallback(Callback):
     def loss(self, pl_module: LightningModule, losses: Tensor, features: Tensor | None) -> Tensor:
         """The LossVal loss of the running training step's batch (what ``lossval_loss`` returns)."""
         index, batch = self._step
-        features = _inputs(pl_module, batch, index, losses, features, self.preset.update)
+        features = batch_features(pl_module, batch, index, losses, features, self._store.numel(), self.preset.update)
         if not self._checked_shapes:
-            _check_batch(index, features, self._store.numel(), self._validation.features.shape[1], self.preset.update)
+            check_first_batch(index, features, self._validation.features.shape[1], self.preset.update)
             self._checked_shapes = True
         self._calls += 1
-        objective, rule = self.preset
-        state = getattr(self._store, "state", None)
-        labels = pl_module.lossval_targets(batch)
-        weights = self._store.select(index)
-        return lossval_objective(
-            weights, losses, features, self._validation, objective, labels=labels, update=rule, state=state
-        )
+        (objective, rule), weights = self.preset, self._store.select(index)
+        labels, state = pl_module.lossval_targets(batch), getattr(self._store, "state", None)
+        kwargs = dict(labels=labels, update=rule, state=state)
+        return lossval_objective(weights, losses, features, self._validation, objective, **kwargs)
 
     # ------------------------------------------------------------------ helpers
     def _prepare_validation(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -360,41 +368,3 @@ def _optimizer(trainer: Trainer, index: int) -> Any:
 def _check_show(show: Any) -> None:
     if isinstance(show, bool) or not isinstance(show, int) or show < 0:
         raise ConfigError(f"show is how many of the lowest-valued rows to print, a whole number >= 0; got {show!r}")
-
-
-def _inputs(pl_module: Any, batch: Any, index: Tensor, losses: Tensor, features: Any, rule: UpdateRule) -> Tensor:
-    """The batch's ``[B, D]`` features, once ``losses`` are one value per row and neither holds NaN or inf
-    (one such row makes the step's weights NaN; an fp16 loss overflow is the GradScaler's to skip)."""
-    if losses.dim() != 1 or losses.shape[0] != index.shape[0]:
-        raise DataError(per_sample_loss_error(tuple(losses.shape), index.shape[0]))
-    features = (pl_module.lossval_features(batch) if features is None else features).detach()
-    features = features.reshape(features.shape[0], -1)
-    scaled = getattr(pl_module.trainer.precision_plugin, "scaler", None) is not None
-    bad_features, bad_losses = ~torch.isfinite(features).all(1), ~torch.isfinite(losses.detach()) & (not scaled)
-    if bool((bad_features | bad_losses).any()):  # one sync per step
-        where = bad_features if bool(bad_features.any()) else bad_losses
-        rows, what = index[where.to(index.device)][:10].tolist(), "features: clean or drop those rows"
-        if where is bad_losses:
-            what = f"losses: check their targets; if it is all rows of the batch, {diverged(rule, LOWER_LR)}"
-        raise DataError(
-            f"training rows {rows} (dataset positions, {int(where.sum())} of the batch) have NaN or inf {what}"
-        )
-    return features
-
-
-def _check_batch(index: Tensor, features: Tensor, n: int, val_dim: int, rule: UpdateRule) -> None:
-    """Refuse indices outside ``[0, n)`` and features of another width than the validation side's; warn
-    when the first batch holds one row under a rule that compares a batch's rows."""
-    if index.dtype != torch.long or index.dim() != 1 or int(index.min()) < 0 or int(index.max()) >= n:
-        raise DataError(f"sample indices must be a [B] long tensor within [0, {n}); got {index!r}: {INDEX_HELP}")
-    if features.shape[1] != val_dim:
-        raise DataError(
-            f"the training batch has {features.shape[1]} features but the validation features have {val_dim}: "
-            "pass val_data represented like the training inputs (or override lossval_features so both match)"
-        )
-    if index.shape[0] == 1 and rule.name == "balanced":
-        rank_zero_warn(
-            "the first training batch holds one row: the default update moves a row's weight by how it compares "
-            "with the rest of its batch, so batches of one row teach the weights nothing; use a batch size of at "
-            "least 2"
-        )

@@ -265,6 +265,13 @@ class IndexedDataModule(LightningDataModule):
     """
 
     def __init__(self, datamodule: LightningDataModule, seed: int | None = None) -> None:
+        if not isinstance(datamodule, LightningDataModule):
+            loader = (
+                " (a training DataLoader goes in index_dataloader(loader))"
+                if isinstance(datamodule, DataLoader)
+                else ""
+            )
+            raise TypeError(f"IndexedDataModule wraps a LightningDataModule, got {type(datamodule).__name__}{loader}")
         super().__init__()
         self.seed = seed  # before datamodule: from then on, writes of names the wrapped module has go there
         self.datamodule = datamodule

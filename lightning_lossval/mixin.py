@@ -12,6 +12,7 @@ from lightning_lossval.errors import ResumeError
 WEIGHTS = "lossval_weights"
 HOOK = "_lossval_callback"  # the instance attribute through which the callback serves lossval_loss
 UNWEIGHTED = "lossval/unweighted_loss"
+PATCHED = "_lossval_patched"  # the names LossValCallback patched on the instance (lightning_lossval.patching)
 
 
 @runtime_checkable
@@ -97,8 +98,9 @@ class LossValMixin:
         return x.reshape(x.shape[0], -1)
 
     def lossval_targets(self, batch: Any) -> Tensor | None:
-        """Targets of a batch: the second element. Integer ``[B]`` targets are classes, whose share of
-        the batch the default update keeps (class-balanced masses); label-aware transport
+        """Targets of a batch: the second element. Integer ``[B]`` targets, and 0/1 float ``[B]`` or
+        ``[B, 1]`` ones (binary cross-entropy's), are classes, whose share of the batch the default
+        update keeps (class-balanced masses); label-aware transport
         (``label_weight > 0``) compares them with the validation targets.
 
         Integer ``[B]`` classes or numeric ``[B]``/``[B, K]`` targets; ``None`` when the batch has none.
@@ -106,6 +108,16 @@ class LossValMixin:
         if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], Tensor):
             return batch[1]
         return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The module's state without what LossValCallback patched on it during fit: a copy or pickle made
+        then (weight averaging, keeping the best model) is the plain module, which trains without LossVal."""
+        state = super().__getstate__()  # type: ignore[misc]
+        patched = set(state.pop(PATCHED, ()))
+        if patched:
+            state = {k: v for k, v in state.items() if k not in patched}
+            state["_parameters"] = {k: v for k, v in state["_parameters"].items() if k not in patched}
+        return state
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep the dense LossVal weights out of the model's state dict (the callback's state holds them)."""

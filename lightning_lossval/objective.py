@@ -134,6 +134,18 @@ def class_balanced(masses: Tensor, classes: Tensor) -> Tensor:
     return masses * same.sum(1) / (same @ masses).clamp_min(torch.finfo(masses.dtype).tiny)
 
 
+def balanced_by_class(masses: Tensor, targets: Tensor | None) -> Tensor:
+    """:func:`class_balanced` ``masses`` ``[B]`` when ``targets`` are classes: integer ``[B]``, or 0/1
+    floats ``[B]`` or ``[B, 1]`` (binary cross-entropy's targets); ``masses`` as they are otherwise."""
+    if targets is None or targets.numel() != masses.numel() or targets.dim() > 2:
+        return masses
+    if not targets.is_floating_point():
+        return class_balanced(masses, targets) if targets.dim() == 1 else masses
+    classes = targets.reshape(-1)
+    binary = ((classes == 0) | (classes == 1)).all()  # decided on the device: no sync
+    return torch.where(binary, class_balanced(masses, classes), masses)
+
+
 class Validation(NamedTuple):
     """The validation side of the objective, prepared once per fit by :func:`prepare_validation`."""
 

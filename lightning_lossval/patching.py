@@ -6,9 +6,14 @@ what a fit that ended in an exception may have left. Before the store exists, :f
 wraps the module's ``setup`` for one call, so the store is made once the module's own ``setup``
 has built what its loaders need. Patched, for every store:
 
-- ``training_step``: receives the batch without its indices while the callback keeps them;
+- ``training_step``: runs with the batch's indices at hand for ``lossval_loss``;
 - the batch-transfer hooks the module overrides: they see the inner batch of ``Indexed``;
 - ``_lossval_callback``: the :class:`~lightning_lossval.mixin.LossValHook` ``lossval_loss`` asks.
+
+On the trainer's strategy, :func:`take_indices` patches ``batch_to_device``: it takes the indices
+off every ``Indexed`` batch it moves and hands them to the callback, so everything after the
+transfer (``on_train_batch_start`` and ``on_train_batch_end`` of the module and of every callback,
+``training_step``) sees the batch the user's loader made; :func:`release_indices` undoes it.
 
 For the dense store only: its weights become the parameter ``lossval_weights`` (registered
 before any strategy wraps the module, so DDP broadcasts and all-reduces it) and a param group of
@@ -30,14 +35,13 @@ from typing import Any
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import Strategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
-from torch import nn
+from torch import Tensor, nn
 
-from lightning_lossval.data import BATCH_HOOKS, UNWRAPPING, on_inner_batch
-from lightning_lossval.mixin import HOOK, WEIGHTS, LossValHook, weights_entry
+from lightning_lossval.data import BATCH_HOOKS, UNWRAPPING, Indexed, on_inner_batch
+from lightning_lossval.mixin import HOOK, PATCHED, WEIGHTS, LossValHook, weights_entry
 from lightning_lossval.stores import GROUP_NAME
-
-PATCHED = "_lossval_patched"  # the names patched on the instance
 
 
 def patch(pl_module: LightningModule, hook: LossValHook, training_step: Callable, weights: nn.Parameter | None) -> None:
@@ -91,6 +95,27 @@ def restore(pl_module: LightningModule) -> None:
         pl_module.__dict__.pop(name, None)
         pl_module._parameters.pop(name, None)  # the dense weights
     UNWRAPPING.discard(pl_module)
+
+
+def take_indices(strategy: Strategy, keep: Callable[[Tensor], None]) -> None:
+    """Make ``strategy.batch_to_device`` pass the indices of each ``Indexed`` batch to ``keep`` and
+    return the batch inside."""
+    release_indices(strategy)
+    to_device = strategy.batch_to_device
+
+    @functools.wraps(to_device)
+    def batch_to_device(batch: Any, *args: Any, **kwargs: Any) -> Any:
+        batch = to_device(batch, *args, **kwargs)
+        if isinstance(batch, Indexed):
+            keep(batch.index)
+            return batch.data
+        return batch
+
+    strategy.__dict__["batch_to_device"] = batch_to_device
+
+
+def release_indices(strategy: Strategy) -> None:
+    strategy.__dict__.pop("batch_to_device", None)
 
 
 def is_patched(pl_module: LightningModule) -> bool:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lightning_lossval.errors import ConfigError
-from lightning_lossval.objective import Objective, Parts, class_balanced, weighted_loss
+from lightning_lossval.objective import Objective, Parts, balanced_by_class, weighted_loss
 from lightning_lossval.sinkhorn import cost_matrix
 
 RUNNING_BETA = 0.99
@@ -110,8 +110,8 @@ class Normalized(UpdateRule):
 @dataclass(frozen=True)
 class Balanced(UpdateRule):
     """This project's update. The network trains on ``L_w`` alone: the masses' weighted mean of its
-    losses, the masses held constant and, with integer targets, rescaled within each class
-    (:func:`~lightning_lossval.objective.class_balanced`). The weights follow
+    losses, the masses held constant and, with class targets, rescaled within each class
+    (:func:`~lightning_lossval.objective.balanced_by_class`). The weights follow
     :func:`balanced_direction` (the two parts of the gradient of ``L_w * S ** k``, each in its own
     units, the transport part weighted by ``ot_share``), moved by :func:`running_step`.
 
@@ -198,9 +198,7 @@ class Balanced(UpdateRule):
         # transport term informs the weights only, so it neither rescales the network's step nor the
         # user's extra loss terms (with SGD, S**k would multiply the learning rate by a factor that
         # changes every batch and grows with the features' scale).
-        held, labels = parts.masses.detach(), parts.labels
-        if labels is not None and labels.dim() == 1 and not labels.is_floating_point():
-            held = class_balanced(held, labels)
+        held = balanced_by_class(parts.masses.detach(), parts.labels)
         return weighted_loss(held, parts.losses, parts.objective.reduction) + (surrogate - surrogate.detach())
 
     def step(self, weights: Tensor, index: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:

@@ -81,8 +81,12 @@ def validation_parts(data: Any, origin: str = "val_data") -> list[Tensor | Itera
     are the validation set.
 
     A tuple or list of tensors is ``(inputs, targets[, ...])`` with one row per sample; any other tuple or
-    list, a dict's values and a ``CombinedLoader``'s loaders are several parts.
+    list, a dict's values and a ``CombinedLoader``'s loaders are several parts. NumPy arrays count as tensors.
     """
+    if isinstance(data, np.ndarray) or (
+        isinstance(data, (tuple, list)) and any(isinstance(t, np.ndarray) for t in data)
+    ):
+        data = [torch.as_tensor(t) for t in data] if isinstance(data, (tuple, list)) else torch.as_tensor(data)
     if isinstance(data, Tensor):
         return [data]
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):

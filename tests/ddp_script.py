@@ -26,14 +26,15 @@ from lightning_lossval import IndexedDataModule, LossValCallback  # noqa: E402
 
 
 class Record(L.Callback):
-    """Saves weights after a few steps and the first batch's indices; SIGKILLs the run at a step."""
+    """Saves weights after a few steps and the first batch's inputs; SIGKILLs the run at a step."""
 
     def __init__(self, out: Path, lossval: LossValCallback, kill_at: int | None) -> None:
         self.out, self.lossval, self.kill_at = out, lossval, kill_at
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if trainer.global_step == 0:
-            torch.save(batch.index.cpu(), self.out / f"rank{trainer.global_rank}_first_batch.pt")
+            x, _ = batch  # the batch the loader made: the indices stay with LossVal
+            torch.save(x.cpu(), self.out / f"rank{trainer.global_rank}_first_batch.pt")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step in (1, 4, 9):

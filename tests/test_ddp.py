@@ -60,7 +60,11 @@ def test_ddp_ranks_stay_identical(tmp_path, store):
         assert all(torch.equal(rank0["state"][k], rank1["state"][k]) for k in rank0["state"])
 
     # after the first optimizer step exactly the samples of the two ranks' batches have moved
-    seen = torch.cat([torch.load(tmp_path / f"rank{r}_first_batch.pt") for r in (0, 1)])
+    inputs, rows = (
+        torch.cat([torch.load(tmp_path / f"rank{r}_first_batch.pt") for r in (0, 1)]),
+        BlobData().train_set[:][0],
+    )
+    seen = (inputs[:, None, :] == rows[None]).all(-1).nonzero()[:, 1]  # the dataset positions of those rows
     moved = (torch.load(tmp_path / "rank0_step1.pt") != 1).nonzero().flatten()
     assert sorted(moved.tolist()) == sorted(set(seen.tolist())) and len(seen) == 64
 
@@ -86,7 +90,7 @@ def test_two_nodes_one_values_file(tmp_path):
     assert rank1["values_path"] == "None"  # only global rank zero writes
     assert rank0["to_csv"] == str(tmp_path / "own.csv") and rank1["to_csv"] == "None"  # no race for the path
     with open(tmp_path / "own.csv") as f:
-        assert next(csv.reader(f)) == ["rank", "index", "visits", "value"]  # rank zero's columns, visits included
+        assert next(csv.reader(f)) == ["rank", "index", "visits", "value", "flagged"]  # rank zero's columns
     index, values = read_values_csv(tmp_path)
     assert len(values) == 400 and torch.allclose(values, rank0["values"][index], atol=1e-6)
 

@@ -1,0 +1,79 @@
+"""What LossValCallback checks of every training batch before it values it: the sample indices,
+one loss per sample that trains the network, and finite losses and features."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+
+from lightning_lossval.data import per_sample_loss_error
+from lightning_lossval.errors import DataError
+from lightning_lossval.stores import diverged
+from lightning_lossval.updates import UpdateRule
+
+LOWER_LR = "the network has diverged: lower its learning rate"
+INDEX_HELP = (
+    "wrap your DataModule in IndexedDataModule(...) or your train DataLoader in index_dataloader(...) (a module "
+    "serving its own loader: return index_dataloader(DataLoader(...)) from its train_dataloader)"
+)
+
+
+def batch_features(
+    pl_module: Any, batch: Any, index: Tensor, losses: Tensor, features: Any, n: int, rule: UpdateRule
+) -> Tensor:
+    """The batch's ``[B, D]`` features, once ``losses`` are one value per row that the network's
+    parameters can learn from, the indices lie in ``[0, n)``, and neither losses nor features hold NaN
+    or inf (one such row makes the step's weights NaN; an fp16 loss overflow is the GradScaler's to
+    skip). One host sync per step."""
+    if losses.dim() != 1 or losses.shape[0] != index.shape[0]:
+        raise DataError(per_sample_loss_error(tuple(losses.shape), index.shape[0]))
+    if not losses.is_floating_point():
+        raise DataError(f"lossval_loss needs floating-point per-sample losses, got {losses.dtype}: pass losses.float()")
+    if torch.is_grad_enabled() and not losses.requires_grad:
+        raise DataError(
+            "the per-sample losses given to lossval_loss carry no gradient (computed under torch.no_grad() or "
+            "detached), so the network would not train: pass the losses as the loss function returns them"
+        )
+    features = (pl_module.lossval_features(batch) if features is None else features).detach()
+    features = features.reshape(features.shape[0], -1)
+    scaled = getattr(pl_module.trainer.precision_plugin, "scaler", None) is not None
+    bad_features, bad_losses = ~torch.isfinite(features).all(1), ~torch.isfinite(losses.detach()) & (not scaled)
+    outside = (index < 0) | (index >= n)
+    if bool((bad_features | bad_losses | outside.to(bad_losses.device)).any()):  # the one sync
+        if bool(outside.any()):
+            raise DataError(
+                f"training rows {index[outside][:10].tolist()} are outside the {n} rows the training dataset had "
+                "when the fit started: a dataset that changes its length during fit cannot be valued; build the "
+                "dataset once, before fit (in the DataModule's setup), and keep its length"
+            )
+        where = bad_features if bool(bad_features.any()) else bad_losses
+        rows, what = index[where.to(index.device)][:10].tolist(), "features: clean or drop those rows"
+        if where is bad_losses:
+            what = f"losses: check their targets; if it is all rows of the batch, {diverged(rule, LOWER_LR)}"
+        raise DataError(
+            f"training rows {rows} (dataset positions, {int(where.sum())} of the batch) have NaN or inf {what}"
+        )
+    return features
+
+
+def check_first_batch(index: Tensor, features: Tensor, val_dim: int, rule: UpdateRule) -> None:
+    """Refuse indices that are no ``[B]`` long tensor and features of another width than the validation
+    side's; warn when the first batch holds one row under a rule that compares a batch's rows."""
+    if index.dtype != torch.long or index.dim() != 1:
+        raise DataError(
+            f"sample indices must be a [B] long tensor, got {index.dtype} {tuple(index.shape)}: {INDEX_HELP}"
+        )
+    if features.shape[1] != val_dim:
+        raise DataError(
+            f"the training batch has {features.shape[1]} features but the validation features have {val_dim}: "
+            "pass val_data represented like the training inputs (or override lossval_features so both match)"
+        )
+    if index.shape[0] == 1 and rule.name == "balanced":
+        rank_zero_warn(
+            "the first training batch holds one row: the default update moves a row's weight by how it compares "
+            "with the rest of its batch, so batches of one row teach the weights nothing; use a batch size of at "
+            "least 2"
+        )

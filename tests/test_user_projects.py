@@ -1,0 +1,221 @@
+"""Lightning projects written the way users write them: their hooks, targets, copies and mistakes."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TRAINER_ARGS, BlobData, Net, blobs
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lightning_lossval import IndexedDataModule, LossValCallback, LossValMixin, index_dataloader
+from lightning_lossval.errors import DataError
+from lightning_lossval.objective import balanced_by_class, class_balanced, weight_mass
+
+
+@pytest.fixture(autouse=True)
+def seeded():
+    L.seed_everything(0)
+
+
+def fit(tmp_path, model, callbacks, data=None, epochs=1, ckpt_path=None, **args):
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, max_epochs=epochs, logger=False, callbacks=callbacks, **TRAINER_ARGS, **args
+    )
+    trainer.fit(model, data if data is not None else IndexedDataModule(BlobData(n=96, n_val=40)), ckpt_path=ckpt_path)
+    return trainer
+
+
+class BatchSeen(Callback):
+    """A user's callback that unpacks the training batch, as its authors expect it to look."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        x, y = batch
+        self.seen.append(("callback start", tuple(x.shape), tuple(y.shape)))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        x, y = batch
+        self.seen.append(("callback end", tuple(x.shape), tuple(y.shape)))
+
+
+class HookNet(Net):
+    def on_train_batch_start(self, batch, batch_idx):
+        self.seen = getattr(self, "seen", []) + [("module start", type(batch).__name__, len(batch[0]))]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.seen.append(("module end", type(batch).__name__, len(batch[0])))
+
+
+def test_batch_hooks_of_the_module_and_other_callbacks_see_the_users_batch(tmp_path):
+    """on_train_batch_start/_end get the batch the loader made (x, y), not the indexed one."""
+    spy, model = BatchSeen(), HookNet()
+    fit(tmp_path, model, [LossValCallback(export=False, show=0), spy])
+    assert len(spy.seen) == 6 and len(model.seen) == 6  # 3 batches of 32
+    assert {s[1:] for s in spy.seen} == {((32, 8), (32,))}
+    assert {s[1:] for s in model.seen} == {("list", 32)}  # default_collate's list, as without the callback
+
+
+def test_binary_float_targets_are_balanced_as_classes():
+    """BCE's 0/1 float targets, [B] or [B, 1], keep each class's share like integer classes do; other
+    float targets (regression) leave the masses alone."""
+    masses = torch.tensor([0.2, 1.0, 1.5, 0.5, 1.0])
+    classes = torch.tensor([1, 0, 0, 0, 1])
+    expected = class_balanced(masses, classes)
+    assert not torch.allclose(expected, masses)
+    for targets in (classes, classes.float(), classes.float().unsqueeze(1)):
+        torch.testing.assert_close(balanced_by_class(masses, targets), expected)
+    for targets in (torch.tensor([0.0, 0.5, 1.0, 2.0, 1.0]), classes.unsqueeze(1), None, torch.ones(5, 3)):
+        torch.testing.assert_close(balanced_by_class(masses, targets), masses)
+
+
+class BinaryNet(LossValMixin, L.LightningModule):
+    """Binary cross-entropy on one logit, as users write it: float targets [B, 1]."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.lossval_loss(F.binary_cross_entropy_with_logits(self.net(x), y, reduction="none").squeeze(1))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def test_binary_cross_entropy_training_keeps_the_minority_class_share(tmp_path):
+    """With 10% positives and BCE's float targets, the network trains on the masses' weighted mean with
+    the masses rescaled within each class, as with integer classes: down-weighting some positives never
+    shrinks the class."""
+    x, y = blobs(440, classes=2, seed=3)
+    negatives, positives = torch.nonzero(y == 0).flatten(), torch.nonzero(y == 1).flatten()
+    keep = torch.cat([negatives, positives[: len(negatives) // 9]])
+    x, y = x[keep], y[keep].float().unsqueeze(1)
+    steps = []
+
+    class Spy(LossValCallback):
+        def loss(self, pl_module, losses, features):
+            returned = super().loss(pl_module, losses, features)
+            index, (_, targets) = self._step
+            masses = weight_mass(self._store.values()[index].float(), "sigmoid")
+            held = class_balanced(masses, targets.flatten().long())
+            unbalanced = (masses * losses).sum() / masses.sum()
+            steps.append((returned.item(), ((held * losses).sum() / held.sum()).item(), unbalanced.item()))
+            return returned
+
+    loader = DataLoader(TensorDataset(x, y), batch_size=40, shuffle=True)
+    fit(tmp_path, BinaryNet(), [Spy(val_data=(x[:60], y[:60]), export=False, show=0)], index_dataloader(loader), 3)
+    assert len(steps) == 3 * len(loader)
+    assert all(returned == pytest.approx(balanced, rel=1e-5) for returned, balanced, _ in steps)
+    assert sum(abs(balanced - plain) > 1e-4 * plain for _, balanced, plain in steps) > 10  # balancing mattered
+
+
+class DetachedNet(Net):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.lossval_loss(F.cross_entropy(self(x), y, reduction="none").detach())
+
+
+class IntegerLossNet(Net):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return self.lossval_loss((self(x).argmax(1) != y).long())
+
+
+@pytest.mark.parametrize(
+    "module, message",
+    [
+        (DetachedNet, r"carry no gradient \(computed under torch.no_grad\(\) or detached\), so the network would not"),
+        (IntegerLossNet, r"needs floating-point per-sample losses, got torch.int64: pass losses.float\(\)"),
+    ],
+)
+def test_losses_the_network_cannot_learn_from_are_refused(tmp_path, module, message):
+    with pytest.raises(DataError, match=message):
+        fit(tmp_path, module(), [LossValCallback(export=False, show=0)])
+
+
+class Growing(Dataset):
+    """A dataset that grows each time the loaders are rebuilt: 64 rows at fit start, 96 after."""
+
+    def __init__(self):
+        self.x, self.y = blobs(96, seed=1)
+        self.n = 32
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+class GrowingData(L.LightningDataModule):
+    def __init__(self):
+        super().__init__()
+        self.data = Growing()
+
+    def train_dataloader(self):
+        self.data.n += 32
+        return DataLoader(self.data, batch_size=16, shuffle=True)
+
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(*blobs(40, seed=2)), batch_size=40)
+
+
+def test_a_dataset_that_grows_during_fit_is_named_on_any_batch(tmp_path):
+    """Rows beyond the length counted at the start are refused on the batch that brings them, not only the first."""
+    with pytest.raises(DataError, match=r"outside the 64 rows the training dataset had when the fit started"):
+        fit(tmp_path, Net(), [LossValCallback(export=False, show=0)], data=IndexedDataModule(GrowingData()), epochs=2,
+            reload_dataloaders_every_n_epochs=1)  # fmt: skip
+
+
+def test_a_dataloader_in_indexed_datamodule_points_to_index_dataloader():
+    with pytest.raises(TypeError, match=r"got DataLoader \(a training DataLoader goes in index_dataloader\(loader\)\)"):
+        IndexedDataModule(DataLoader(TensorDataset(torch.zeros(4, 2))))
+
+
+def test_numpy_validation_arrays_are_read_like_tensors(tmp_path):
+    x, y = blobs(40, seed=2)
+    values = []
+    for val_data in ((x, y), (x.numpy(), y.numpy()), x.numpy()):
+        L.seed_everything(0)
+        cb = LossValCallback(val_data=val_data, export=False, show=0)
+        fit(tmp_path, Net(), [cb])
+        values.append(cb.values)
+    torch.testing.assert_close(values[0], values[1], rtol=0, atol=0)
+    torch.testing.assert_close(values[0], values[2], rtol=0, atol=0)
+
+
+class Copier(Callback):
+    """Keeps a deep copy of the module, as weight averaging and keep-the-best code do."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.copy = copy.deepcopy(pl_module)
+
+
+@pytest.mark.parametrize("objective", ["default", "paper"])
+def test_a_copy_made_during_fit_is_the_plain_module(tmp_path, objective):
+    copier = Copier()
+    fit(tmp_path, Net(), [LossValCallback(objective=objective, export=False, show=0), copier])
+    plain = copier.copy
+    assert not {"training_step", "_lossval_callback", "_lossval_patched"} & set(vars(plain))
+    assert "lossval_weights" not in dict(plain.named_parameters())
+    fit(tmp_path / "again", plain, [], data=BlobData(n=96, n_val=40))  # trains without LossVal
+
+
+def test_resuming_a_checkpoint_written_without_the_callback_says_so(tmp_path, caplog):
+    fit(tmp_path, Net(), [ModelCheckpoint(dirpath=tmp_path / "ckpt")], data=BlobData(n=96, n_val=40))
+    (path,) = (tmp_path / "ckpt").glob("*.ckpt")
+    cb = LossValCallback(export=False, show=0)
+    with caplog.at_level(logging.INFO):
+        fit(tmp_path, Net(), [cb], epochs=2, ckpt_path=path)
+    assert f"{path} holds no LossVal weights (written without this callback)" in caplog.text
+    assert cb.visits.tolist() == [1] * 96
