@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lightning_lossval.data import per_sample_loss_error
 from lightning_lossval.errors import DataError
+from lightning_lossval.objective import Validation
 from lightning_lossval.stores import diverged
 from lightning_lossval.updates import UpdateRule
 
@@ -59,12 +60,22 @@ def batch_features(
     return features
 
 
-def check_first_batch(index: Tensor, features: Tensor, val_dim: int, rule: UpdateRule) -> None:
-    """Refuse indices that are no ``[B]`` long tensor and features of another width than the validation
-    side's; warn when the first batch holds one row under a rule that compares a batch's rows."""
+def check_first_batch(
+    index: Tensor, features: Tensor, labels: Tensor | None, validation: Validation, rule: UpdateRule
+) -> None:
+    """Refuse indices that are no ``[B]`` long tensor, and features (and, for label-aware transport,
+    targets) that differ in kind or width from the validation side's; warn when the first batch holds
+    one row under a rule that compares a batch's rows."""
     if index.dtype != torch.long or index.dim() != 1:
         raise DataError(
             f"sample indices must be a [B] long tensor, got {index.dtype} {tuple(index.shape)}: {INDEX_HELP}"
+        )
+    val_dim = validation.features.shape[1]
+    if validation.labels is not None and labels is not None and _kind(labels) != _kind(validation.labels):
+        raise DataError(
+            f"label-aware transport compares each batch's targets with the validation targets, but the batch's "
+            f"are {_kind(labels)} and the validation set's {_kind(validation.labels)}: give both the same way "
+            "(class indices [N], or numeric [N, K] targets such as one-hot rows on both sides)"
         )
     if features.shape[1] != val_dim:
         raise DataError(
@@ -77,3 +88,9 @@ def check_first_batch(index: Tensor, features: Tensor, val_dim: int, rule: Updat
             "with the rest of its batch, so batches of one row teach the weights nothing; use a batch size of at "
             "least 2"
         )
+
+
+def _kind(targets: Tensor) -> str:
+    if targets.dim() == 1 and not targets.is_floating_point():
+        return "class indices [N]"
+    return f"numeric targets with {targets[0].numel()} value(s) per row"

@@ -319,12 +319,12 @@ class LossValCallback(Callback):
         """The LossVal loss of the running training step's batch (what ``lossval_loss`` returns)."""
         index, batch = self._step
         features = batch_features(pl_module, batch, index, losses, features, self._store.numel(), self.preset.update)
+        labels, state = pl_module.lossval_targets(batch), getattr(self._store, "state", None)
         if not self._checked_shapes:
-            check_first_batch(index, features, self._validation.features.shape[1], self.preset.update)
+            check_first_batch(index, features, labels, self._validation, self.preset.update)
             self._checked_shapes = True
         self._calls += 1
         (objective, rule), weights = self.preset, self._store.select(index)
-        labels, state = pl_module.lossval_targets(batch), getattr(self._store, "state", None)
         kwargs = dict(labels=labels, update=rule, state=state)
         return lossval_objective(weights, losses, features, self._validation, objective, **kwargs)
 

@@ -85,6 +85,10 @@ class LossValCLI(LightningCLI):
         """LightningCLI's reading of the checkpoint's hyperparameters, after checking that the file is one."""
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if subcommand in ("validate", "test", "predict") and ckpt is None:
+            print(
+                f"lossval: {subcommand} without --ckpt_path runs the network untrained; pass --ckpt_path PATH (or last)"
+            )
         if ckpt in ("last", "best"):  # each run logs into a new version folder, where Lightning would look
             ckpt = self.config[subcommand]["ckpt_path"] = _newest_checkpoint(ckpt, self.config[subcommand])
         if isinstance(ckpt, str) and ckpt != "hpc" and not ckpt.startswith("registry"):

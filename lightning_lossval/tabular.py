@@ -247,11 +247,10 @@ class TabularDataModule(LightningDataModule):
             rank_zero_info(f"TabularDataModule: task {self.task} ({kind}), inferred; set --data.task to change it")
         if val is None:
             train, val = split_rows(train, hp.val_fraction, hp.seed, names)
+            held = f"--data.val_fraction {hp.val_fraction} holds out {len(val.rows)} row(s)"
             if len(val.rows) < MIN_VALIDATION_ROWS:
-                raise DataError(
-                    f"--data.val_fraction {hp.val_fraction} leaves {len(val.rows)} validation row, too few for LossVal "
-                    f"to compare batches with: raise it, or give --data.val_csv (a few hundred rows are typical)"
-                )
+                raise DataError(f"{held}, too few to compare batches with: raise it, or give --data.val_csv")
+            rank_zero_info(f"{held} ({val.unit}s {listing(val.lines, quote=False)}) as trusted validation, not valued")
 
         x_train, x_val, self.feature_names = encode_features(train, val, features, hp.categorical)
         y_train, y_val = self._encode_target(train, val)

@@ -278,6 +278,12 @@ def test_a_subcommand_the_model_cannot_run_and_a_root_under_a_file_end_with_one_
     assert exit_info.value.code == 2 and f"{tmp_path / 'notes.txt'} is a file; give a folder's path" in err, err
 
 
+def test_validate_without_a_checkpoint_says_the_network_is_untrained(tmp_path, capsys):
+    main(["validate", "--config", str(CONFIGS / "default.yaml"), "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    out = capsys.readouterr().out
+    assert "lossval: validate without --ckpt_path runs the network untrained; pass --ckpt_path PATH (or last)" in out
+
+
 def test_unknown_config_key_and_the_console_script(tmp_path):
     (tmp_path / "bad.yaml").write_text("lossval:\n  learning_rate: 0.1\n")
     command = [

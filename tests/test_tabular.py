@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import sys
 
 import lightning as L
@@ -73,10 +74,11 @@ def test_csv_with_val_file_is_encoded_with_training_statistics(tmp_path):
     assert dm.format_target(torch.tensor([1, 0])) == ["dog", "cat"]
 
 
-def test_val_split_is_seeded_disjoint_and_rows_map_back(tmp_path):
+def test_val_split_is_seeded_disjoint_and_rows_map_back(tmp_path, caplog):
     rows = animal_rows(40)
     path = write_csv(tmp_path / "train.csv", HEADER, rows)
-    dm = prepared(train_csv=path, target="label", id_column="id", val_fraction=0.25, seed=3)
+    with caplog.at_level("INFO"):
+        dm = prepared(train_csv=path, target="label", id_column="id", val_fraction=0.25, seed=3)
     columns = dm.row_columns()
     assert len(dm.train_set) == 30 and len(dm.val_set) == 10
     assert columns["id"] == [rows[r][0] for r in columns["row"]]
@@ -90,6 +92,8 @@ def test_val_split_is_seeded_disjoint_and_rows_map_back(tmp_path):
     val_sizes = (dm.val_set.tensors[0][:, 0].double() * std + mean).tolist()
     val_rows = [min(range(40), key=lambda r: abs(sizes[r] - s)) for s in val_sizes]
     assert set(val_rows).isdisjoint(columns["row"]) and set(val_rows) | set(columns["row"]) == set(range(40))
+    said = re.search(r"val_fraction 0.25 holds out 10 row\(s\) \(lines ([\d, ]+)\) as trusted validation", caplog.text)
+    assert {int(n) for n in said.group(1).split(", ")} == {r + 2 for r in val_rows}  # CSV lines, header first
 
     again = prepared(train_csv=path, target="label", id_column="id", val_fraction=0.25, seed=3)
     other = prepared(train_csv=path, target="label", id_column="id", val_fraction=0.25, seed=4)
@@ -235,7 +239,10 @@ def error_cases(tmp_path):
         ),
         (dict(train_csv=one_class, target="label"), r"has one class, 'cat'.*at least two"),
         (dict(train_csv=constant, target="label"), r"target 'label' of .*constant.csv is 5.5 in every training row"),
-        (dict(train_csv=ok, target="size", task="regression", val_fraction=0.05), r"val_fraction 0.05 leaves 1 valid"),
+        (
+            dict(train_csv=ok, target="size", task="regression", val_fraction=0.05),
+            r"0.05 holds out 1 row\(s\), too few.*val_csv",
+        ),
         (dict(train_csv=ok, val_csv=other, target="label"), r"lacks 'color' and has extra 'colour', 'extra'"),
         (
             dict(train_csv=bad_number, target="label", val_fraction=0.2),

@@ -219,3 +219,12 @@ def test_resuming_a_checkpoint_written_without_the_callback_says_so(tmp_path, ca
         fit(tmp_path, Net(), [cb], epochs=2, ckpt_path=path)
     assert f"{path} holds no LossVal weights (written without this callback)" in caplog.text
     assert cb.visits.tolist() == [1] * 96
+
+
+def test_label_aware_targets_of_another_kind_than_the_validation_targets_are_named(tmp_path):
+    x, y = blobs(40, seed=2)
+    cb = LossValCallback(val_data=(x, F.one_hot(y, 3).float()), objective={"label_weight": 0.5}, export=False)
+    with pytest.raises(
+        DataError, match=r"the batch's are class indices \[N\] and the validation set's numeric targets"
+    ):
+        fit(tmp_path, Net(), [cb])
