@@ -71,8 +71,8 @@ from lightning_lossval.stores import (
     DenseWeights,
     SparseWeights,
     check_applied,
+    check_dense_setup,
     check_finite,
-    check_manual_schedulers,
     check_store,
     load_state,
     new_store,
@@ -86,8 +86,8 @@ NO_MIXIN = (
     "self.lossval_loss(losses)"
 )
 NOT_LOADED = (
-    "the checkpoint's LossVal weights are not loaded outside fit; cb.values and values.csv stay those of this "
-    "callback's last fit (resume with trainer.fit(ckpt_path=...))"
+    "the checkpoint's LossVal weights are not loaded outside fit, and validate, test and predict write no values "
+    "(cb.values, if any, stay those of this callback's last fit); only a fit with the checkpoint continues them"
 )
 FRESH_WEIGHTS = (
     "holds no LossVal weights (written without this callback): they start at 1.0 and value the epochs from here on"
@@ -225,7 +225,7 @@ class LossValCallback(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         optimizer = _optimizer(trainer, self.optimizer_index)
-        check_manual_schedulers(trainer, pl_module, self._store, optimizer)
+        check_dense_setup(trainer, pl_module, self._store, optimizer)
         self._store.start(trainer, optimizer)
         self._prepare_validation(trainer, pl_module)
         self._noisy = noisy_mask(self.noisy_mask, trainer, self._store.numel())
@@ -253,7 +253,7 @@ class LossValCallback(Callback):
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         check_finite(self._store.values(), f"epoch {trainer.current_epoch}", self.preset.update)  # no copy
-        check_applied(self._store, self.optimizer_index, trainer.current_epoch)
+        check_applied(self._store, self.optimizer_index, trainer.current_epoch, self.preset.update)
         self._log(trainer)
         if self._noisy is not None and trainer.is_global_zero:
             log_detection(trainer, self.values, self._noisy)

@@ -229,7 +229,8 @@ def per_sample_loss_error(shape: tuple[int, ...], batch_size: int) -> str:
         )
     return (
         f"{got}: the first dimension must be the batch's samples; compute the loss with reduction='none' and "
-        f"reduce anything else per sample (e.g. losses.view({batch_size}, -1).mean(1) for per-token losses)"
+        f"reduce anything else per sample (per-token losses: losses.view({batch_size}, -1), then each sample's "
+        f"mean over its own tokens, (losses * mask).sum(1) / mask.sum(1) with the [{batch_size}, T] padding mask)"
     )
 
 

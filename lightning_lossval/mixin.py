@@ -12,6 +12,7 @@ from lightning_lossval.errors import ResumeError
 WEIGHTS = "lossval_weights"
 HOOK = "_lossval_callback"  # the instance attribute through which the callback serves lossval_loss
 UNWEIGHTED = "lossval/unweighted_loss"
+TARGET_KEYS = ("labels", "label", "targets", "target", "y")  # where a dict batch's targets are looked for
 PATCHED = "_lossval_patched"  # the names LossValCallback patched on the instance (lightning_lossval.patching)
 
 
@@ -91,9 +92,9 @@ class LossValMixin:
         if isinstance(batch, Mapping) or not isinstance(x, Tensor):
             raise TypeError(
                 f"{type(self).__name__}.lossval_features cannot find the inputs in a batch of type "
-                f"{type(batch).__name__}; override lossval_features(batch) to return a [B, D] tensor (and "
-                "lossval_targets(batch) to return the [B] targets: with integer classes the default update keeps "
-                "each class's share of the batch)"
+                f"{type(batch).__name__}; override lossval_features(batch) to return a [B, D] tensor (and, unless "
+                f"a dict batch holds its targets under one of {', '.join(TARGET_KEYS)}, lossval_targets(batch) to "
+                "return the [B] targets: with classes the default update keeps each class's share of the batch)"
             )
         return x.reshape(x.shape[0], -1)
 
@@ -103,8 +104,11 @@ class LossValMixin:
         update keeps (class-balanced masses); label-aware transport
         (``label_weight > 0``) compares them with the validation targets.
 
-        Integer ``[B]`` classes or numeric ``[B]``/``[B, K]`` targets; ``None`` when the batch has none.
+        Integer ``[B]`` classes or numeric ``[B]``/``[B, K]`` targets; ``None`` when the batch has none. A
+        dict batch's targets are its first tensor under ``labels``, ``label``, ``targets``, ``target`` or ``y``.
         """
+        if isinstance(batch, Mapping):
+            return next((batch[k] for k in TARGET_KEYS if isinstance(batch.get(k), Tensor)), None)
         if isinstance(batch, (list, tuple)) and len(batch) > 1 and isinstance(batch[1], Tensor):
             return batch[1]
         return None

@@ -352,7 +352,11 @@ def lossval_objective(
     a = masses / masses.sum().clamp_min(torch.finfo(masses.dtype).tiny) if objective.normalize_masses else masses
     x, y = features.detach().float(), validation.features
     if x.dim() != 2 or x.shape[1] != y.shape[1]:
-        raise DataError(f"features must be [B, {y.shape[1]}] like the validation features, got {tuple(x.shape)}")
+        raise DataError(
+            f"features must be [B, {y.shape[1]}] like the validation features, got {tuple(x.shape)}: every batch "
+            "needs the same width (inputs padded per batch: override lossval_features to return a fixed-width "
+            "summary, e.g. a masked mean of the token embeddings)"
+        )
     solver = objective.sinkhorn
     eps_list = validation.schedule
     if eps_list is None:

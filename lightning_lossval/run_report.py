@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -196,6 +197,9 @@ def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_si
     """``lossval_predict`` over the whole training set in index order, on this process."""
     train = trainer.train_dataloader
     loader = DataLoader(train.dataset, batch_size=batch_size, collate_fn=train.collate_fn)
-    with eval_mode(pl_module), random_state_kept(pl_module.device):  # what runs next draws as without it
+    with (
+        eval_mode(pl_module, RunningStage.PREDICTING),
+        random_state_kept(pl_module.device),
+    ):  # what runs next draws as without it
         parts = [pl_module.lossval_predict(as_step_batch(b.data, trainer, pl_module)).cpu() for b in loader]
     return torch.cat(parts)

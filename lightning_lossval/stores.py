@@ -23,11 +23,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import Trainer, callbacks
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_lossval.errors import ConfigError, ResumeError
+from lightning_lossval.errors import ConfigError, DataError, ResumeError
 from lightning_lossval.presets import Preset, check_resume, describe
 from lightning_lossval.ranks import gather
 from lightning_lossval.updates import UpdateRule
@@ -246,8 +246,14 @@ def load_state(store: DenseWeights | SparseWeights, state: dict[str, Any], prese
     store.load_state_dict(state["store"])
 
 
-def check_applied(store: DenseWeights | SparseWeights, optimizer_index: int, epoch: int) -> None:
-    """Refuse weights whose LossVal gradients no optimizer step ever applied (at an epoch end)."""
+def check_applied(store: DenseWeights | SparseWeights, optimizer_index: int, epoch: int, rule: UpdateRule) -> None:
+    """Refuse weights whose LossVal gradients no optimizer step ever applied (at an epoch end), and, under an
+    objective that multiplies the network's loss, weights the steps left all at 1 (Adam's moments overflowed)."""
+    if store.applied and rule.name != "balanced" and bool((store.values() == 1).all()):
+        raise DataError(
+            f"the LossVal weights did not move in epoch {epoch} although optimizer {optimizer_index} stepped with "
+            f"their gradients: the gradients overflow, and the values would mean nothing; {diverged(rule, '')}"
+        )
     if store.applied or not store.selected:
         return
     raise ConfigError(
@@ -265,10 +271,26 @@ def coalesce(index: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
     return unique, torch.zeros(len(unique), dtype=values.dtype, device=values.device).index_add_(0, inverse, values)
 
 
-def check_manual_schedulers(trainer: Trainer, pl_module: Any, store: _Store, optimizer: Optimizer) -> None:
-    """Refuse LR schedulers of the optimizer the dense weights join under manual optimization: the
-    user's ``scheduler.step()`` would change the weights' learning rate, or fail on their group."""
-    if store.sparse or pl_module.automatic_optimization:
+# Lightning's weight-averaging callbacks (WeightAveraging, and EMAWeightAveraging under it, since 2.6)
+_AVERAGING = ("StochasticWeightAveraging", "WeightAveraging")
+AVERAGING = tuple(getattr(callbacks, n) for n in _AVERAGING if hasattr(callbacks, n))
+
+
+def check_dense_setup(trainer: Trainer, pl_module: Any, store: _Store, optimizer: Optimizer) -> None:
+    """Refuse what the dense weights, a parameter of the module, would break: weight averaging (the
+    averaged copy has one parameter less, so parameters pair up shifted), and LR schedulers of the
+    optimizer they join under manual optimization (``scheduler.step()`` would change their learning
+    rate, or fail on their group)."""
+    if store.sparse:
+        return
+    averaging = [type(c).__name__ for c in trainer.callbacks if isinstance(c, AVERAGING)]
+    if averaging:
+        raise ConfigError(
+            f"{averaging[0]} averages the module's parameters, and this objective's weights are one of them while "
+            "it fits, which the averaged copy leaves out; use objective='default' (its weights stay out of the "
+            "module) with weight averaging"
+        )
+    if pl_module.automatic_optimization:
         return
     stepped = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs if c.scheduler.optimizer is optimizer]
     if stepped:
@@ -300,6 +322,7 @@ def diverged(rule: UpdateRule, otherwise: str) -> str:
     return (
         "this objective trains the network on L_w * S**k, which multiplies the network's learning rate by "
         "a factor that changes every batch and grows with the features' scale, so with SGD or unscaled "
-        "inputs the network and then the weights diverge; use objective='default' (the network trains on "
-        "its own loss), standardise the inputs, or use Adam; also check the inputs for NaN or inf"
+        "inputs the network and then the weights diverge; use objective='default' (--lossval.objective "
+        "default; the network trains on its own loss), standardise the inputs, or use Adam; also check the "
+        "inputs for NaN or inf"
     )

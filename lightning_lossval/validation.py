@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -36,14 +37,20 @@ VALIDATION_HELP = (
 
 
 @contextlib.contextmanager
-def eval_mode(module: LightningModule):
-    """The module in eval mode for a moment (no dropout, BatchNorm statistics untouched)."""
-    was_training = module.training
+def eval_mode(module: LightningModule, stage: RunningStage = RunningStage.VALIDATING):
+    """The module in eval mode and its trainer in ``stage`` for a moment: no dropout, BatchNorm statistics
+    untouched, and batch hooks that augment while ``trainer.training`` leave these batches alone."""
+    was_training, state = module.training, getattr(module._trainer, "state", None)
+    saved = state.stage if state is not None else None
     module.eval()
+    if state is not None:
+        state.stage = stage
     try:
         yield
     finally:
         module.train(was_training)
+        if state is not None:
+            state.stage = saved
 
 
 @contextlib.contextmanager

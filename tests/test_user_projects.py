@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_lossval import IndexedDataModule, LossValCallback, LossValMixin, index_dataloader
-from lightning_lossval.errors import DataError
+from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.objective import balanced_by_class, class_balanced, weight_mass
 
 
@@ -228,3 +228,119 @@ def test_label_aware_targets_of_another_kind_than_the_validation_targets_are_nam
         DataError, match=r"the batch's are class indices \[N\] and the validation set's numeric targets"
     ):
         fit(tmp_path, Net(), [cb])
+
+
+def test_paper_weights_that_overflow_and_never_move_are_an_error(tmp_path):
+    """Validation features a million times the training scale: L_w * S**2 overflows Adam's moments, so
+    neither the network nor the weights move; the values would be all 1.0 and mean nothing."""
+    x, y = blobs(40, seed=2)
+    cb = LossValCallback(val_data=x * 1e6, objective="paper", export=False, show=0)
+    with pytest.raises(
+        DataError, match=r"did not move in epoch 0 although optimizer 0 stepped.*standardise the inputs"
+    ):
+        fit(tmp_path, Net(), [cb])
+
+
+class Augments(Net):
+    """Augments in on_after_batch_transfer while training, the idiom of Lightning's docs."""
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        self.stages = getattr(self, "stages", []) + [self.trainer.state.stage]
+        return (x + 1000.0, y) if self.trainer.training else (x, y)
+
+    def lossval_predict(self, batch):
+        return self(batch[0]).argmax(1)
+
+
+def test_validation_features_and_end_predictions_are_not_augmented(tmp_path):
+    """The trusted validation side and the predictions of values.csv pass the hook as validation and
+    prediction batches: not augmented; training batches are."""
+    x, y = blobs(40, seed=2)
+    cb = LossValCallback(val_data=(x, y), export=False, show=0)
+    model = Augments()
+    fit(tmp_path, model, [cb])
+    torch.testing.assert_close(cb._validation.features, x)
+    # LossVal's validation read, Lightning's sanity check, 3 training batches, Lightning's validation, the predictions
+    stages = ["validate", "sanity_check", "train", "train", "train", "validate", "predict"]
+    assert [s.value for s in model.stages] == stages
+
+
+class DictData(L.LightningDataModule):
+    """HuggingFace-style dict batches; 10% of the training rows are positives."""
+
+    def __init__(self, widths=None):
+        super().__init__()
+        x, y = blobs(200, classes=2, seed=4)
+        self.rows = [{"input": x[i], "labels": y[i]} for i in range(200)]
+        self.widths = widths
+
+    def train_dataloader(self):
+        return DataLoader(self.rows[:160], batch_size=32, collate_fn=self.collate)
+
+    def val_dataloader(self):
+        return DataLoader(self.rows[160:], batch_size=40, collate_fn=self.collate)
+
+    def collate(self, rows):
+        batch = torch.utils.data.default_collate(rows)
+        if self.widths:  # padded per batch to a width of its own
+            batch["input"] = F.pad(batch["input"], (0, next(self.widths)))
+        return batch
+
+
+class DictNet(Net):
+    def __init__(self):
+        super().__init__(classes=2)
+
+    def training_step(self, batch, batch_idx):
+        return self.lossval_loss(F.cross_entropy(self(batch["input"][:, :8]), batch["labels"], reduction="none"))
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def lossval_features(self, batch):
+        return batch["input"]
+
+
+def test_a_dict_batch_gives_its_labels_as_targets(tmp_path):
+    targets = []
+
+    class Spy(LossValCallback):
+        def loss(self, pl_module, losses, features):
+            targets.append(pl_module.lossval_targets(self._step.data))
+            return super().loss(pl_module, losses, features)
+
+    fit(tmp_path, DictNet(), [Spy(export=False, show=0)], data=IndexedDataModule(DictData()))
+    assert len(targets) == 5 and all(t.dtype == torch.long and t.shape == (32,) for t in targets)
+
+
+def test_features_padded_to_another_width_say_to_summarise_them(tmp_path):
+    widths = iter([0, 0, 0, 2, 0])  # LossVal's validation read, the sanity check, then training batches
+    with pytest.raises(DataError, match=r"every batch needs the same width \(inputs padded per batch: override"):
+        fit(tmp_path, DictNet(), [LossValCallback(export=False, show=0)], data=IndexedDataModule(DictData(widths)))
+
+
+class TokenNet(Net):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        tokens = F.cross_entropy(self(x), y, reduction="none").repeat(3)  # three "tokens" per sample, flattened
+        return self.lossval_loss(tokens)
+
+
+def test_flattened_per_token_losses_are_told_to_average_each_samples_own_tokens(tmp_path):
+    with pytest.raises(DataError, match=r"\(losses \* mask\).sum\(1\) / mask.sum\(1\) with the \[32, T\] padding mask"):
+        fit(tmp_path, TokenNet(), [LossValCallback(export=False, show=0)])
+
+
+@pytest.mark.parametrize("objective", ["default", "paper"])
+def test_weight_averaging_works_with_the_default_and_is_refused_with_the_dense_weights(tmp_path, objective):
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    averaging = StochasticWeightAveraging(swa_lrs=0.01, swa_epoch_start=1)
+    cb = LossValCallback(objective=objective, export=False, show=0)
+    if objective == "paper":
+        with pytest.raises(ConfigError, match=r"StochasticWeightAveraging averages the module's parameters.*'default'"):
+            fit(tmp_path, Net(), [cb, averaging], epochs=3)
+        return
+    fit(tmp_path, Net(), [cb, averaging], epochs=3)
+    assert cb.values.std() > 0 and "lossval_weights" not in dict(averaging._average_model.named_parameters())

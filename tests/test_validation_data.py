@@ -204,7 +204,7 @@ class Regressor(Net):
     [
         ("[B, 1]", r"shape \[32\], got \(32, 1\): one row per sample.*pass losses.squeeze\(1\) or losses.flatten\(\)"),
         ("[B, 3]", r"got \(32, 3\): .*average the rest per sample with losses.flatten\(1\).mean\(1\)"),
-        ("[2B]", r"got \(64,\): the first dimension must be the batch's samples.*losses.view\(32, -1\).mean\(1\)"),
+        ("[2B]", r"got \(64,\): the first dimension must be.*losses.view\(32, -1\), then.*mask.sum\(1\)"),
         ("scalar", r"got \(\): the loss is already reduced; compute it with reduction='none'"),
     ],
 )
