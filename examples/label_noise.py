@@ -123,7 +123,7 @@ def main() -> None:
         f"(precision {found / k:.2f}; random: {args.noise_rate:.2f})"
     )
     print(f"AUROC of -value vs noisy: {binary_auroc(-values, noisy.int()).item():.3f}; test accuracy {test_acc:.3f}")
-    print(f"values: {lossval.values_path}\nTensorBoard: tensorboard --logdir {args.root}")
+    print(f"values: {lossval.values_path}")
 
 
 if __name__ == "__main__":

@@ -234,12 +234,12 @@ def _newest_checkpoint(name: str, config: Any) -> str:
     """``--ckpt_path last``: the newest checkpoint of the earlier runs under ``trainer.default_root_dir``
     (a new run's own folder has none yet); ``best`` is refused, as no run's best is known here."""
     root = Path(config["trainer"].get("default_root_dir") or ".")
-    found = sorted(root.glob("*/version_*/checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
-    where = f"{root}/<logger>/version_N/checkpoints/"
+    found = sorted(root.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)  # wherever the loggers put them
+    where = f"{root} or its folders"
     if name == "best" or not found:
         said = "a new run knows no best checkpoint" if name == "best" else f"no checkpoint in {where}"
         raise ConfigError(f"--ckpt_path {name}: {said}; give the path of the checkpoint to start from")
-    print(f"lossval: --ckpt_path last: resuming from {found[-1]}, the newest checkpoint in {where}", flush=True)
+    print(f"lossval: --ckpt_path last: {found[-1]}, the newest checkpoint in {where}", flush=True)
     return str(found[-1])
 
 

@@ -76,7 +76,8 @@ def resolve(
         preset = Preset(objective, PRESETS["default"].update)
     elif isinstance(objective, str):
         if objective not in PRESETS:
-            raise ConfigError(f"unknown objective preset {objective!r}; choose one of {sorted(PRESETS)}")
+            mapping = " (a mapping in YAML needs a space after each colon: {preset: paper})" if ":" in objective else ""
+            raise ConfigError(f"unknown objective preset {objective!r}{mapping}; choose one of {sorted(PRESETS)}")
         preset = PRESETS[objective]
     elif isinstance(objective, dict):
         preset = _override(dict(objective))

@@ -250,7 +250,7 @@ class TabularDataModule(LightningDataModule):
             held = f"--data.val_fraction {hp.val_fraction} holds out {len(val.rows)} row(s)"
             if len(val.rows) < MIN_VALIDATION_ROWS:
                 raise DataError(f"{held}, too few to compare batches with: raise it, or give --data.val_csv")
-            rank_zero_info(f"{held} ({val.unit}s {listing(val.lines, quote=False)}) as trusted validation, not valued")
+            rank_zero_info(f"{held}, trusted and not valued: row {listing(val.numbers, quote=False)} (as values.csv)")
 
         x_train, x_val, self.feature_names = encode_features(train, val, features, hp.categorical)
         y_train, y_val = self._encode_target(train, val)

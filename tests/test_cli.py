@@ -232,10 +232,13 @@ def test_ckpt_path_last_resumes_the_newest_checkpoint_of_the_earlier_runs(tmp_pa
         assert exit_info.value.code == 2 and f"lossval: error: --ckpt_path {name}: " in err, err
     assert not list(tmp_path.rglob("*.ckpt"))
     main([*args, "--trainer.max_epochs", "1"])
-    (saved,) = tmp_path.rglob("*.ckpt")
+    (first,) = tmp_path.rglob("*.ckpt")
+    saved = tmp_path / "tb" / "mine" / "version_0" / "checkpoints" / first.name  # where a configured logger puts it
+    saved.parent.mkdir(parents=True)
+    first.rename(saved)
     capsys.readouterr()
     main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"])  # Lightning alone would start afresh
-    assert f"--ckpt_path last: resuming from {saved}" in capsys.readouterr().out
+    assert f"--ckpt_path last: {saved}, the newest checkpoint in" in capsys.readouterr().out
     (second,) = set(tmp_path.rglob("*.ckpt")) - {saved}
     assert torch.load(second, weights_only=False)["epoch"] == 1  # one more epoch, not two from scratch
 

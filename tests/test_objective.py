@@ -311,6 +311,10 @@ def test_a_mapping_of_fields_starts_from_the_default_preset():
     [
         ("papr", r"unknown objective preset 'papr'.*paper"),
         ({"preset": "papr"}, r"unknown objective preset 'papr'"),
+        (
+            "{preset:paper}",
+            r"unknown objective preset '{preset:paper}' \(a mapping in YAML needs a space after each colon",
+        ),
         ({"blurr": 0.1}, r"unknown objective options \['blurr'\]"),
         ({"preset": "paper", "ot_share": 0.2}, r"ot_share: not an option of update='adam'"),
         ({"update": "sgd"}, r"update must be one of \['adam', 'balanced', 'normalized'\]"),

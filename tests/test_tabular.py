@@ -92,8 +92,10 @@ def test_val_split_is_seeded_disjoint_and_rows_map_back(tmp_path, caplog):
     val_sizes = (dm.val_set.tensors[0][:, 0].double() * std + mean).tolist()
     val_rows = [min(range(40), key=lambda r: abs(sizes[r] - s)) for s in val_sizes]
     assert set(val_rows).isdisjoint(columns["row"]) and set(val_rows) | set(columns["row"]) == set(range(40))
-    said = re.search(r"val_fraction 0.25 holds out 10 row\(s\) \(lines ([\d, ]+)\) as trusted validation", caplog.text)
-    assert {int(n) for n in said.group(1).split(", ")} == {r + 2 for r in val_rows}  # CSV lines, header first
+    said = re.search(
+        r"val_fraction 0.25 holds out 10 row\(s\), trusted and not valued: row ([\d, ]+) \(as", caplog.text
+    )
+    assert {int(n) for n in said.group(1).split(", ")} == set(val_rows)  # numbered as values.csv's row column
 
     again = prepared(train_csv=path, target="label", id_column="id", val_fraction=0.25, seed=3)
     other = prepared(train_csv=path, target="label", id_column="id", val_fraction=0.25, seed=4)
