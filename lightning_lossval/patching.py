@@ -101,7 +101,7 @@ def take_indices(strategy: Strategy, keep: Callable[[Tensor], None]) -> None:
     """Make ``strategy.batch_to_device`` pass the indices of each ``Indexed`` batch to ``keep`` and
     return the batch inside."""
     release_indices(strategy)
-    to_device = strategy.batch_to_device
+    to_device = strategy.batch_to_device  # a patch of the user's on the instance, if any, runs inside ours
 
     @functools.wraps(to_device)
     def batch_to_device(batch: Any, *args: Any, **kwargs: Any) -> Any:
@@ -111,11 +111,19 @@ def take_indices(strategy: Strategy, keep: Callable[[Tensor], None]) -> None:
             return batch.data
         return batch
 
+    batch_to_device.lossval_replaced = strategy.__dict__.get("batch_to_device")  # type: ignore[attr-defined]
     strategy.__dict__["batch_to_device"] = batch_to_device
 
 
 def release_indices(strategy: Strategy) -> None:
-    strategy.__dict__.pop("batch_to_device", None)
+    """Undo :func:`take_indices`: the instance's own ``batch_to_device`` (a user's patch) is back, if it had one."""
+    ours = strategy.__dict__.get("batch_to_device")
+    if not hasattr(ours, "lossval_replaced"):
+        return
+    if ours.lossval_replaced is None:
+        del strategy.__dict__["batch_to_device"]
+    else:
+        strategy.__dict__["batch_to_device"] = ours.lossval_replaced
 
 
 def is_patched(pl_module: LightningModule) -> bool:

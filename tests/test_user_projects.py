@@ -344,3 +344,17 @@ def test_weight_averaging_works_with_the_default_and_is_refused_with_the_dense_w
         return
     fit(tmp_path, Net(), [cb, averaging], epochs=3)
     assert cb.values.std() > 0 and "lossval_weights" not in dict(averaging._average_model.named_parameters())
+
+
+def test_a_users_own_batch_to_device_patch_runs_during_fit_and_stays(tmp_path):
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, **TRAINER_ARGS)
+    calls, original = [], trainer.strategy.batch_to_device
+
+    def counted(batch, *args, **kwargs):
+        calls.append(1)
+        return original(batch, *args, **kwargs)
+
+    trainer.strategy.batch_to_device = counted
+    trainer.callbacks.append(LossValCallback(export=False, show=0))
+    trainer.fit(Net(), IndexedDataModule(BlobData(n=96, n_val=40)))
+    assert len(calls) >= 3 and vars(trainer.strategy)["batch_to_device"] is counted
