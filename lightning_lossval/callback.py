@@ -27,9 +27,10 @@ What it does, in hook order:
 
 ``values.csv`` lists the samples lowest value first: ``rank, index`` (position in the training
 dataset), the DataModule's ``row_columns()`` if it has that method (e.g. ``row``, ``id``,
-``target``), ``prediction`` if the module has ``lossval_predict(batch)`` (decoded by the
-DataModule's ``format_target``), ``noisy`` when known (``yes``/``no``), ``visits`` (0: never measured),
-``value`` and ``flagged`` (``yes``: the lower group of the 2-means split of the measured rows' values, a
+``target``), ``dataset_row`` for a ``Subset`` training set, ``prediction`` if the module has
+``lossval_predict(batch)`` (decoded by the DataModule's ``format_target``; empty for a dataset item
+that is ``None``), ``noisy`` when known (``yes``/``no``), ``visits`` (0: never measured), ``value``
+and ``flagged`` (``yes``: the lower group of the 2-means split of the measured rows' values, a
 suggested cut).
 The callback's checkpoint state holds the weights, the visits and the update rule's state (the
 module's own state dict stays free of them), so resuming, also mid-epoch, continues exactly;

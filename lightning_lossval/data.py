@@ -16,13 +16,17 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data.dataloader import default_collate
+
+from lightning_lossval.errors import DataError
 
 BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 EVAL_LOADERS = ("val_dataloader", "test_dataloader", "predict_dataloader")
@@ -57,14 +61,73 @@ class IndexedDataset(Dataset):
 
 
 class IndexedCollate:
-    """Collates ``Indexed`` samples: the indices into a long tensor, the samples with ``collate_fn``."""
+    """Collates ``Indexed`` samples: the indices into a long tensor, the samples with ``collate_fn``.
+
+    Samples that are ``None`` (unreadable items a dataset skips) are left out with their indices.
+    The first batch is checked for samples in an order of the collate's own (:func:`check_collate_order`).
+    """
 
     def __init__(self, collate_fn: Callable[[list], Any] | None = None) -> None:
         self.collate_fn = collate_fn or default_collate
+        self.checked = collate_fn is None or collate_fn is default_collate
 
     def __call__(self, samples: list[Indexed]) -> Indexed:
+        samples = [s for s in samples if s.data is not None]
         index = torch.tensor([s.index for s in samples], dtype=torch.long)
-        return Indexed(index, self.collate_fn([s.data for s in samples]))
+        data = [s.data for s in samples]
+        batch = self.collate_fn(data)
+        if not self.checked:
+            self.checked = True
+            check_collate_order(data, batch)
+        return Indexed(index, batch)
+
+
+def _leaves(item: Any) -> list[torch.Tensor]:
+    """The tensors, arrays and numbers of a sample or a collated batch (inside tuples, lists and
+    mappings), in order, as tensors; a ``PackedSequence`` holds none (its own indices keep the order)."""
+    if isinstance(item, PackedSequence):
+        return []
+    if isinstance(item, torch.Tensor):
+        return [item]
+    if isinstance(item, (int, float, np.ndarray, np.number)) and not isinstance(item, bool):
+        return [torch.as_tensor(item)]
+    if isinstance(item, Mapping):
+        item = list(item.values())
+    if isinstance(item, (list, tuple)):
+        return [leaf for part in item for leaf in _leaves(part)]
+    return []
+
+
+def check_collate_order(samples: list, batch: Any, rows: int = 8) -> None:
+    """Refuse a collated ``batch`` whose rows are ``samples`` in another order (a ``collate_fn`` that
+    sorts them, by length say), so that row ``i`` is not sample ``i``. Read from the batch alone (the
+    collate is not called again): when its tensors line up with the samples' (one ``[B, ...]`` tensor
+    per tensor or number of a sample, e.g. padded), a row holds a sample when the sample fills its
+    leading part. The first ``rows`` rows are checked; a batch that holds no sample as it was
+    (normalised, tokenised) is not judged."""
+    n, columns, parts = len(samples), _leaves(batch), [_leaves(sample) for sample in samples]
+    lined_up = all(c.dim() > 0 and c.shape[0] == n for c in columns) and all(len(p) == len(columns) for p in parts)
+    if n < 2 or not columns or not lined_up:
+        return
+
+    def holds(row: int, sample: int) -> bool:  # the sample fills the leading part of the row
+        return all(
+            p.dim() == c[row].dim()
+            and all(a <= b for a, b in zip(p.shape, c[row].shape))
+            and torch.equal(c[row][tuple(slice(0, k) for k in p.shape)].cpu(), p.to(c.dtype).cpu())
+            for c, p in zip(columns, parts[sample])
+        )
+
+    checked = range(min(rows, n))
+    if all(holds(i, i) for i in checked) or not all(any(holds(i, j) for j in range(n)) for i in checked):
+        return
+    raise DataError(
+        "the training DataLoader's collate_fn puts a batch's samples in an order of its own (row i of its batch "
+        "is not the i-th sample it got), but LossVal credits row i of the batch to the i-th sample the sampler "
+        "drew, so every loss would be credited to another row: keep the samples in the order the collate_fn gets "
+        "them (for packed sequences, pack_padded_sequence(..., enforce_sorted=False) needs no sorting), or order "
+        "them before they reach it (a batch_sampler that yields the indices sorted)"
+    )
 
 
 class EpochRandomSampler(RandomSampler):
@@ -161,7 +224,8 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
 
     Batch size, workers, ``drop_last``, ``collate_fn`` (applied to the samples as before) and a
     custom sampler or batch sampler are kept; a plain shuffling ``RandomSampler`` becomes an
-    :class:`EpochRandomSampler` seeded with ``seed`` (default: :func:`default_seed`).
+    :class:`EpochRandomSampler` seeded with ``seed`` (default: the initial seed of the loader's
+    ``generator`` when it has one, else :func:`default_seed`).
     """
     if not isinstance(loader, DataLoader):
         raise TypeError(
@@ -190,7 +254,9 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
         return IndexedDataLoader(dataset, batch_sampler=loader.batch_sampler, **common)
     sampler = loader.sampler
     if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
-        sampler = EpochRandomSampler(dataset, default_seed() if seed is None else seed)
+        if seed is None:  # the user's shuffling generator, else the run's seed, decides the orders
+            seed = default_seed() if sampler.generator is None else sampler.generator.initial_seed()
+        sampler = EpochRandomSampler(dataset, seed)
     elif type(sampler) is SequentialSampler:
         sampler = EpochSequentialSampler(dataset)
     return IndexedDataLoader(
@@ -227,10 +293,18 @@ def per_sample_loss_error(shape: tuple[int, ...], batch_size: int) -> str:
             "reduction='none') on a [B, 1] output); pass losses.squeeze(1) or losses.flatten() when there is one "
             "value per sample, or average the rest per sample with losses.flatten(1).mean(1)"
         )
+    if len(shape) == 1 and shape[0] % batch_size:  # not a whole number of values per sample
+        return (
+            f"{got}: the batch held {batch_size} samples when it left the DataLoader. Either the loss is not one "
+            "per sample (compute it with reduction='none'), or the DataLoader's collate_fn drops or adds samples; "
+            "it must return every sample it gets, in order (a dataset item that is None is left out for you, "
+            "with its index)"
+        )
     return (
         f"{got}: the first dimension must be the batch's samples; compute the loss with reduction='none' and "
         f"reduce anything else per sample (per-token losses: losses.view({batch_size}, -1), then each sample's "
-        f"mean over its own tokens, (losses * mask).sum(1) / mask.sum(1) with the [{batch_size}, T] padding mask)"
+        f"mean over its own tokens, (losses * mask).sum(1) / mask.sum(1).clamp_min(1) with the [{batch_size}, T] "
+        "padding mask)"
     )
 
 

@@ -87,7 +87,7 @@ def _cell(value: Any, key: str = "value") -> str:
         return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return str(value)
+    return "" if value is None else str(value)  # None: not known for this row (no prediction)
 
 
 def table_csv(rows: list[dict[str, Any]]) -> bytes:

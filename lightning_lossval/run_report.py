@@ -14,7 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from lightning_lossval.errors import DataError
 from lightning_lossval.metrics import detection_report
@@ -56,9 +56,13 @@ def row_columns(trainer: Trainer, pl_module: LightningModule, noisy: Tensor | No
     ``lossval_predict`` (decoded by the DataModule's ``format_target``) and ``noisy``, when known."""
     columns = _datamodule_columns(trainer)
     if callable(getattr(pl_module, "lossval_predict", None)):
-        predictions = _predict_training_set(trainer, pl_module)
+        index, predictions = _predict_training_set(trainer, pl_module)
         decode = getattr(trainer.datamodule, "format_target", None)
-        columns["prediction"] = decode(predictions) if callable(decode) else predictions.tolist()
+        decoded = decode(predictions) if callable(decode) else predictions.tolist()
+        column = [None] * len(trainer.train_dataloader.dataset)  # items that are None get no prediction
+        for i, prediction in zip(index.tolist(), decoded):
+            column[i] = prediction
+        columns["prediction"] = column
     if noisy is not None:
         columns["noisy"] = noisy.tolist()
     return columns
@@ -187,19 +191,29 @@ def _cut_line(values: Tensor, columns: dict[str, list], unseen: int, values_path
 
 
 def _datamodule_columns(trainer: Trainer) -> dict[str, list]:
-    """The DataModule's ``row_columns()``, when it has that method."""
+    """The DataModule's ``row_columns()``, when it has that method; ``dataset_row`` when the training set
+    is a ``Subset`` (``random_split``'s parts): a row's position in the dataset the subset was taken from."""
     datamodule = trainer.datamodule
-    return dict(datamodule.row_columns()) if callable(getattr(datamodule, "row_columns", None)) else {}
+    columns = dict(datamodule.row_columns()) if callable(getattr(datamodule, "row_columns", None)) else {}
+    dataset = getattr(getattr(trainer.train_dataloader, "dataset", None), "dataset", None)  # inside IndexedDataset
+    if isinstance(dataset, Subset) and "dataset_row" not in columns:
+        rows = list(range(len(dataset)))
+        while isinstance(dataset, Subset):
+            rows, dataset = [int(dataset.indices[i]) for i in rows], dataset.dataset
+        columns["dataset_row"] = rows
+    return columns
 
 
 @torch.no_grad()
-def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_size: int = 256) -> Tensor:
-    """``lossval_predict`` over the whole training set in index order, on this process."""
+def _predict_training_set(trainer: Trainer, pl_module: LightningModule, batch_size: int = 256) -> tuple[Tensor, Tensor]:
+    """The indices and ``lossval_predict`` of the whole training set in index order, on this process."""
     train = trainer.train_dataloader
     loader = DataLoader(train.dataset, batch_size=batch_size, collate_fn=train.collate_fn)
     with (
         eval_mode(pl_module, RunningStage.PREDICTING),
         random_state_kept(pl_module.device),
     ):  # what runs next draws as without it
-        parts = [pl_module.lossval_predict(as_step_batch(b.data, trainer, pl_module)).cpu() for b in loader]
-    return torch.cat(parts)
+        batches = [
+            (b.index, pl_module.lossval_predict(as_step_batch(b.data, trainer, pl_module)).cpu()) for b in loader
+        ]
+    return torch.cat([index for index, _ in batches]), torch.cat([part for _, part in batches])

@@ -328,7 +328,9 @@ class TokenNet(Net):
 
 
 def test_flattened_per_token_losses_are_told_to_average_each_samples_own_tokens(tmp_path):
-    with pytest.raises(DataError, match=r"\(losses \* mask\).sum\(1\) / mask.sum\(1\) with the \[32, T\] padding mask"):
+    with pytest.raises(
+        DataError, match=r"\(losses \* mask\).sum\(1\) / mask.sum\(1\).clamp_min\(1\) with the \[32, T\] padding mask"
+    ):
         fit(tmp_path, TokenNet(), [LossValCallback(export=False, show=0)])
 
 
@@ -358,3 +360,131 @@ def test_a_users_own_batch_to_device_patch_runs_during_fit_and_stays(tmp_path):
     trainer.callbacks.append(LossValCallback(export=False, show=0))
     trainer.fit(Net(), IndexedDataModule(BlobData(n=96, n_val=40)))
     assert len(calls) >= 3 and vars(trainer.strategy)["batch_to_device"] is counted
+
+
+def sort_by_length(samples):
+    """The usual collate for recurrent networks: the batch sorted longest first (for pack_padded_sequence)."""
+    samples = sorted(samples, key=lambda s: -len(s[0]))
+    padded = nn.utils.rnn.pad_sequence([x for x, _ in samples], batch_first=True)
+    return padded, torch.tensor([y for _, y in samples])
+
+
+def pad_in_order(samples):
+    return nn.utils.rnn.pad_sequence([x for x, _ in samples], batch_first=True), torch.tensor([y for _, y in samples])
+
+
+class Sequences(Dataset):
+    """Item ``i``: a sequence of length ``1 + i % 7`` whose values encode ``i``, and class ``i % 2``."""
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        return torch.full((1 + i % 7,), float(i)), i % 2
+
+
+def test_a_collate_that_reorders_the_batch_is_refused_and_one_that_keeps_the_order_passes():
+    """LossVal credits row i of a batch to the i-th sample drawn: a collate that sorts (by length, say)
+    would credit every loss to another row. The first batch tells it."""
+    with pytest.raises(DataError, match=r"order of its own .* enforce_sorted=False"):
+        next(iter(index_dataloader(DataLoader(Sequences(), batch_size=8, shuffle=True, collate_fn=sort_by_length))))
+    for batch in index_dataloader(DataLoader(Sequences(), batch_size=8, shuffle=True, collate_fn=pad_in_order)):
+        padded, _ = batch.data
+        assert torch.equal(padded[:, 0], batch.index.float())  # row i is sample index[i]
+
+    calls = []
+
+    def noisy(samples):  # a collate that changes the samples (augments) is not judged
+        calls.append(len(samples))
+        padded, y = pad_in_order(samples)
+        return padded + torch.rand(padded.shape), y
+
+    loader = DataLoader(Sequences(), batch_size=8, collate_fn=noisy)
+    torch.manual_seed(3)
+    first = next(iter(index_dataloader(loader))).data[0]
+    after = torch.rand(3)
+    torch.manual_seed(3)
+    assert torch.equal(first, next(iter(loader))[0]) and torch.equal(after, torch.rand(3))
+    assert calls == [8, 8]  # the check reads the batch: the user's collate runs once per batch, as without it
+
+
+class Unreadable(Dataset):
+    """Every fifth item cannot be read: ``None``, which the user's collate filters out."""
+
+    def __len__(self):
+        return 60
+
+    def __getitem__(self, i):
+        return None if i % 5 == 0 else (torch.full((8,), float(i)), i % 3)
+
+
+def skip_unreadable(samples):
+    return torch.utils.data.default_collate([s for s in samples if s is not None])
+
+
+class Predicting(Net):
+    def lossval_predict(self, batch):
+        return self(batch[0]).argmax(1)
+
+
+def test_items_that_are_none_are_left_out_with_their_indices(tmp_path):
+    """The 'skip unreadable files' idiom: the indices stay with their rows, the skipped rows are never
+    visited and get no prediction in values.csv."""
+    for batch in index_dataloader(DataLoader(Unreadable(), batch_size=16, collate_fn=skip_unreadable)):
+        x, _ = batch.data
+        assert torch.equal(x[:, 0], batch.index.float()) and (batch.index % 5 != 0).all()
+    train = index_dataloader(DataLoader(Unreadable(), batch_size=16, shuffle=True, collate_fn=skip_unreadable))
+    x, y = blobs(40)
+    cb = LossValCallback(val_data=(x, y), export=True, show=0)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=2, logger=False, callbacks=[cb], **TRAINER_ARGS)
+    trainer.fit(Predicting(), train_dataloaders=train)
+    visits = cb.visits
+    assert (visits[::5] == 0).all() and (visits[torch.arange(60) % 5 != 0] == 2).all()
+    import csv
+
+    rows = {int(r["index"]): r for r in csv.DictReader(open(cb.values_path))}
+    assert all(rows[i]["prediction"] == "" for i in range(0, 60, 5))
+    assert all(rows[i]["prediction"] in ("0", "1", "2") for i in range(60) if i % 5)
+
+
+def test_a_collate_that_drops_samples_is_named_in_the_per_sample_loss_error(tmp_path):
+    def drop_last_sample(samples):
+        return torch.utils.data.default_collate(samples[:-1])
+
+    x, y = blobs(96)
+    train = index_dataloader(DataLoader(TensorDataset(x, y), batch_size=32, collate_fn=drop_last_sample))
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, **TRAINER_ARGS,
+                        callbacks=[LossValCallback(val_data=(x[:20], y[:20]), export=False, show=0)])  # fmt: skip
+    with pytest.raises(DataError, match=r"got \(31,\): the batch held 32 samples .* collate_fn drops or adds"):
+        trainer.fit(Net(), train_dataloaders=train)
+
+
+def test_a_shuffling_generator_of_the_users_decides_the_order():
+    """DataLoader(shuffle=True, generator=torch.Generator().manual_seed(s)): another s, another order."""
+    x, y = blobs(64)
+
+    def first(generator_seed, **args):
+        loader = DataLoader(
+            TensorDataset(x, y), batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(generator_seed)
+        )
+        return next(iter(index_dataloader(loader, **args))).index.tolist()
+
+    assert first(1) != first(2) and first(1) == first(1)
+    assert first(1, seed=5) == first(2, seed=5)  # an explicit seed still decides
+
+
+def test_a_subset_training_set_names_each_rows_place_in_the_dataset_it_came_from(tmp_path):
+    """random_split's parts: values.csv's index counts positions in the subset, dataset_row the rows of
+    the dataset the user split."""
+    x, y = blobs(80)
+    train, val = torch.utils.data.random_split(TensorDataset(x, y), [60, 20], torch.Generator().manual_seed(0))
+    part = torch.utils.data.Subset(train, list(range(10, 50)))  # a subset of a subset
+    cb = LossValCallback(val_data=val, export=True, show=0)
+    trainer = L.Trainer(default_root_dir=tmp_path, max_epochs=1, logger=False, callbacks=[cb], **TRAINER_ARGS)
+    trainer.fit(Net(), train_dataloaders=index_dataloader(DataLoader(part, batch_size=16)))
+    import csv
+
+    rows = list(csv.DictReader(open(cb.values_path)))
+    assert len(rows) == 40
+    for row in rows:
+        assert int(row["dataset_row"]) == train.indices[10 + int(row["index"])]
