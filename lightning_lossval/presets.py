@@ -135,7 +135,9 @@ def describe(preset: Preset) -> dict[str, Any]:
 
 
 # Fields a rule gained after checkpoints were written without them: the value those weights were learned under.
-ADDED_FIELDS: dict[str, dict[str, Any]] = {"balanced": {"transport_side": "both", "contrast": 0.0}}
+ADDED_FIELDS: dict[str, dict[str, Any]] = {
+    "balanced": {"transport_side": "both", "contrast": 0.0, "target_reference": 0.0}
+}
 
 
 def check_resume(saved: dict[str, Any], preset: Preset) -> None:

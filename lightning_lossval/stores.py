@@ -205,7 +205,10 @@ class SparseWeights(_Store):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._load_visits(state)
         self.weights = state["weights"].to(self.weights.device).clone()
-        self.state = {name: state[name].to(self.weights.device).clone() for name in self.state}
+        # a rule's state that a checkpoint from before it existed lacks starts afresh
+        self.state = {
+            name: state.get(name, fresh).to(self.weights.device).clone() for name, fresh in self.state.items()
+        }
 
 
 def check_store(rule: UpdateRule, sparse: bool | None) -> None:

@@ -135,21 +135,30 @@ class Balanced(UpdateRule):
             (at most 1), so a batch whose rows are all as far as their neighbours casts a small
             one, as the loss part does for a batch whose losses barely differ. ``0``: off (the
             default before this option existed).
+        target_reference: numeric targets only (regression): how much of the part of a row's loss
+            deviation that the extremeness of its target explains is taken off its loss evidence
+            (:func:`target_reference`). A legitimately large target (a price, a skewed amount)
+            has a large squared error in most rows like it, so without this its row reads as
+            harmful. ``0``: off (the default before this option existed).
     """
 
     name: ClassVar[str] = "balanced"
-    synced: ClassVar[tuple[str, ...]] = ("loss_scale", "ratio")
+    synced: ClassVar[tuple[str, ...]] = ("loss_scale", "ratio", "target_moments")
     lr: float = 0.05
     ot_share: float | Literal["auto"] = "auto"
     ot_share_max: float = 0.5
     clip: float = 2.0
     transport_side: Literal["far", "both"] = "far"
     contrast: float = 0.1
+    target_reference: float = 0.35
 
     def __post_init__(self) -> None:
         _positive_lr(self)
         if isinstance(self.contrast, bool) or not (isinstance(self.contrast, (int, float)) and self.contrast >= 0):
             raise ConfigError(f"contrast must be a number >= 0 (0: off), got {self.contrast!r}")
+        reference = self.target_reference
+        if isinstance(reference, bool) or not (isinstance(reference, (int, float)) and 0 <= reference <= 1):
+            raise ConfigError(f"target_reference must be a number from 0 (off) to 1, got {reference!r}")
         if self.transport_side not in ("far", "both"):
             raise ConfigError(f"transport_side must be 'far' or 'both', got {self.transport_side!r}")
         share = self.ot_share
@@ -168,8 +177,14 @@ class Balanced(UpdateRule):
 
     def state(self, n: int) -> dict[str, Tensor]:
         # (count, total) of three running means: the loss deviations' RMS, the objective's ratio of
-        # transport to loss part, and the step's mean square
-        return {"loss_scale": torch.zeros(2), "ratio": torch.zeros(2), "step_scale": torch.zeros(2)}
+        # transport to loss part, and the step's mean square; (count, means...) of the moments of the
+        # numeric targets and losses that target_reference fits
+        return {
+            "loss_scale": torch.zeros(2),
+            "ratio": torch.zeros(2),
+            "step_scale": torch.zeros(2),
+            "target_moments": torch.zeros(7),
+        }
 
     def loss(self, parts: Parts, state: dict[str, Tensor]) -> Tensor:
         if "loss_scale" not in state:
@@ -181,6 +196,8 @@ class Balanced(UpdateRule):
             loss_dev, potential_dev = parts.losses.detach() - mean_loss, f - (a * f).sum()
             # d(L_w * S**k)/dm_i is proportional to S**k * loss_dev_i + k * L_w * S**(k-1) * potential_dev_i
             ratio = k * mean_loss * _rms(potential_dev) / (ot * _rms(loss_dev))
+            if self.target_reference > 0 and parts.labels is not None:
+                loss_dev = target_reference(loss_dev, parts.labels, a, state["target_moments"], self.target_reference)
             kept = 1.0
             if self.contrast > 0:
                 contrasted = neighbour_contrast(potential_dev, parts.features, self.contrast)
@@ -203,6 +220,50 @@ class Balanced(UpdateRule):
 
     def step(self, weights: Tensor, index: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:
         running_step(weights, index, grad, state["step_scale"], lr=self.lr, clip=self.clip)
+
+
+@torch.no_grad()
+def target_reference(
+    loss_dev: Tensor, targets: Tensor, masses: Tensor, moments: Tensor, amount: float = 0.35
+) -> Tensor:
+    """``loss_dev`` ``[B]`` with ``amount`` of what the extremeness of the rows' numeric ``targets``
+    explains taken off, recentred under ``masses`` ``[B]``; as they are for class targets (integer,
+    or floats that are all 0 or 1: :func:`~lightning_lossval.objective.balanced_by_class`).
+
+    A row's extremeness is ``q = (y - m)**2 / v``, ``y`` the mean of its target columns, ``m`` and
+    ``v`` the running mean and variance of ``y``. Over the run, the loss deviations are fitted as
+    ``beta * (q - mean q)`` (least squares, ``beta >= 0``) on running moments kept in ``moments``
+    ``[7]`` (count, then the means of ``y``, ``(y - m)**2``, ``q``, ``loss_dev``, ``q * loss_dev``,
+    ``q**2``; updated here): the larger residuals that every row with an extreme target has. A
+    row with a wrong target still stands out from the rows whose targets are as far out as its
+    own. No host sync.
+    """
+    b = loss_dev.shape[0]
+    if not targets.is_floating_point() or targets.numel() % b:
+        return loss_dev
+    y = targets.reshape(b, -1).float().mean(1).to(loss_dev.dtype)
+    numeric = ~((y == 0) | (y == 1)).all() if targets.numel() == b else torch.ones((), dtype=torch.bool)
+    numeric = numeric.to(loss_dev.device)
+    tiny = torch.finfo(loss_dev.dtype).tiny
+    m = running_means(moments, (masses * y).sum()[None], numeric, start=0)
+    v = running_means(moments, (masses * (y - m) ** 2).sum()[None], numeric, start=1)
+    q = (y - m) ** 2 / v.clamp_min(tiny)
+    fit = [(masses * q).sum(), (masses * loss_dev).sum(), (masses * q * loss_dev).sum(), (masses * q * q).sum()]
+    eq, ed, eqd, eqq = running_means(moments, torch.stack(fit), numeric, start=2)
+    beta = ((eqd - eq * ed) / (eqq - eq * eq).clamp_min(tiny)).clamp_min(0)
+    adjusted = loss_dev - amount * beta * (q - eq)
+    return torch.where(numeric, adjusted - (masses * adjusted).sum(), loss_dev)
+
+
+def running_means(buffer: Tensor, values: Tensor, valid: Tensor, start: int) -> Tensor:
+    """Fold ``values`` ``[k]`` into the bias-corrected moving averages ``buffer[1 + start : 1 + start + k]``
+    unless ``valid`` is false, and return them; ``buffer[0]`` counts the folds (counted by the call
+    with ``start=0``). In place, no host sync."""
+    rows = slice(1 + start, 1 + start + values.shape[0])
+    if start == 0:
+        buffer[0] = buffer[0] + valid.to(buffer.dtype)
+    buffer[rows] = torch.where(valid, RUNNING_BETA * buffer[rows] + (1 - RUNNING_BETA) * values, buffer[rows])
+    return buffer[rows] / (1 - RUNNING_BETA ** buffer[0]).clamp_min(torch.finfo(buffer.dtype).tiny)
 
 
 RULES: dict[str, type[UpdateRule]] = {rule.name: rule for rule in (Adam, Normalized, Balanced)}

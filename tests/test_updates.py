@@ -277,8 +277,9 @@ def test_rules_own_their_options_state_and_store():
     assert (Adam().lr, Normalized().lr, Balanced().lr) == (0.01, 0.01, 0.05)
     assert not Adam.sparse_only and Normalized.sparse_only and Balanced.sparse_only
     assert set(Adam().state(3)) == {"exp_avg", "exp_avg_sq", "steps"} and Adam().state(3)["steps"].shape == (3,)
-    assert Normalized().state(3) == {} and set(Balanced().state(3)) == {"loss_scale", "ratio", "step_scale"}
-    assert Balanced.synced == ("loss_scale", "ratio")
+    assert Normalized().state(3) == {}
+    assert set(Balanced().state(3)) == {"loss_scale", "ratio", "step_scale", "target_moments"}
+    assert Balanced.synced == ("loss_scale", "ratio", "target_moments")
     for bad, message in (
         (lambda: Balanced(lr=0), r"learning rate \(lr, --lossval.lr .*\) must be a positive"),
         (lambda: Balanced(ot_share=-0.1), "ot_share"),
@@ -286,6 +287,8 @@ def test_rules_own_their_options_state_and_store():
         (lambda: Balanced(ot_share_max=0.0), "ot_share_max"),
         (lambda: Balanced(contrast=-0.1), "contrast must be a number >= 0"),
         (lambda: Balanced(contrast="wide"), "contrast must be a number >= 0"),
+        (lambda: Balanced(target_reference=1.5), "target_reference must be a number from 0"),
+        (lambda: Balanced(target_reference=True), "target_reference must be a number from 0"),
         (lambda: Balanced().check(Objective(reduction="sum")), "reduction='normalized'"),
     ):
         with pytest.raises(ConfigError, match=message):
@@ -297,12 +300,66 @@ def test_a_checkpoint_from_before_a_rule_field_existed_resumes_only_under_the_ru
     from lightning_lossval.presets import PRESETS, check_resume, describe, resolve
 
     current = describe(PRESETS["default"])
-    oldest = {k: v for k, v in current.items() if k not in ("transport_side", "contrast")}
-    with pytest.raises(ResumeError, match=r"\{'transport_side': 'both', 'contrast': 0.0\}"):
+    added = ("transport_side", "contrast", "target_reference")
+    oldest = {k: v for k, v in current.items() if k not in added}
+    with pytest.raises(ResumeError, match=r"\{'transport_side': 'both', 'contrast': 0.0, 'target_reference': 0.0\}"):
         check_resume(oldest, PRESETS["default"])
-    check_resume(oldest, resolve({"transport_side": "both", "contrast": 0}))  # the rule they were learned under
-    older = {k: v for k, v in current.items() if k != "contrast"}  # far side, before the contrast
-    with pytest.raises(ResumeError, match=r"\{'contrast': 0.0\}"):
+    # the rule they were learned under
+    check_resume(oldest, resolve({"transport_side": "both", "contrast": 0, "target_reference": 0}))
+    older = {k: v for k, v in current.items() if k not in added[1:]}  # far side, before the contrast
+    with pytest.raises(ResumeError, match=r"\{'contrast': 0.0, 'target_reference': 0.0\}"):
         check_resume(older, PRESETS["default"])
-    check_resume(older, resolve({"contrast": 0}))
+    check_resume(older, resolve({"contrast": 0, "target_reference": 0}))
     check_resume(current, PRESETS["default"])
+
+
+def test_target_reference_takes_off_what_an_extreme_target_explains_and_keeps_a_wrong_target():
+    from lightning_lossval.updates import Balanced, target_reference
+
+    # skewed, price-like targets whose squared errors grow with the target's distance from the mean,
+    # and one row (0) with a moderate target and a large loss: the kind of row a wrong target makes
+    generator = torch.Generator().manual_seed(0)
+    masses = torch.full((32,), 1 / 32)
+    moments = Balanced().state(32)["target_moments"]
+    for _ in range(200):  # the running fit settles over the run
+        y = torch.randn(32, generator=generator).exp()
+        losses = 0.2 * (y - y.mean()) ** 2 * (0.5 + torch.rand(32, generator=generator))
+        y[0], losses[0] = 1.0, 3.0
+        raw = losses - (masses * losses).sum()
+        out = target_reference(raw, y, masses, moments, 1.0)
+    assert (masses * out).sum().abs().item() < 1e-5  # recentred
+    extreme = (y - y.mean()).abs() > 2 * y.std()
+    assert extreme.any()
+    assert (out[extreme] < raw[extreme]).all()  # the extreme targets' large residuals are taken off
+    assert out[0] == out.max() and raw[0] < raw.max()  # the wrong target now leads the batch
+    half = target_reference(raw, y, masses, moments.clone(), 0.5)
+    assert ((half - raw).abs() < (out - raw).abs() + 1e-6).all()  # half the amount: a smaller correction
+    # class targets (integer, or all 0/1 floats) and their rows are left alone, the running fit too
+    before = moments.clone()
+    for classes in (
+        torch.randint(0, 3, (32,)),
+        torch.randint(0, 2, (32,)).float(),
+        torch.randint(0, 2, (32, 1)).float(),
+    ):
+        assert torch.equal(target_reference(raw, classes, masses, moments, 1.0), raw)
+    assert torch.equal(moments, before)
+    # [B, K] targets: each row counts by the mean of its target columns
+    twice = target_reference(raw, torch.stack([y, y], 1), masses, moments.clone(), 1.0)
+    torch.testing.assert_close(twice, target_reference(raw, y, masses, moments.clone(), 1.0))
+
+
+def test_a_checkpoint_without_a_rules_newer_state_loads_with_that_state_fresh():
+    from lightning_lossval.stores import SparseWeights
+    from lightning_lossval.updates import Balanced
+
+    saved = SparseWeights(4, Balanced(target_reference=0.0))
+    saved.weights = torch.tensor([0.5, 1.0, 1.5, 2.0])
+    saved.state["loss_scale"] += 3.0
+    old = saved.state_dict()
+    del old["target_moments"]  # written before the rule kept it
+    store = SparseWeights(4, Balanced(target_reference=0.0))
+    store.load_state_dict(old)
+    assert torch.equal(store.weights, saved.weights) and torch.equal(
+        store.state["loss_scale"], saved.state["loss_scale"]
+    )
+    assert torch.equal(store.state["target_moments"], torch.zeros(7))
