@@ -117,7 +117,8 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
 def _shown(name: str, v: Any) -> str:
     if not isinstance(v, float):  # a label or id with a line break or a bar stays on its row
         return _cell(v).replace("\r", "\\r").replace("\n", "\\n").replace("|", "\\|")
-    return f"{v:.4f}" if name == "value" else f"{v:.6g}"
+    shown = f"{v:.4f}" if name == "value" else f"{v:.6g}"
+    return shown[1:] if shown.startswith("-") and float(shown) == 0 else shown  # -7e-8 is 0.0000, not -0.0000
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

@@ -104,6 +104,8 @@ def test_the_printed_table_keeps_the_digits_of_large_and_small_targets():
     lines = format_table(rows).splitlines()
     assert lines[1].split() == ["3", "733556", "754362", "0.4123"]  # not 733555.7200 next to 7.544e+05
     assert lines[2].split() == ["9", "0.000676", "0.00071", "0.5000"]  # not 0.0007
+    tiny = format_table([{"row": 1, "value": -7e-8}, {"row": 2, "value": -0.00012}]).splitlines()
+    assert tiny[1].split() == ["1", "0.0000"] and tiny[2].split() == ["2", "-0.0001"]  # no negative zero
 
 
 def test_a_label_with_a_line_break_or_a_bar_stays_on_its_row_of_the_printed_table():
