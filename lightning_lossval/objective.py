@@ -134,6 +134,12 @@ def class_balanced(masses: Tensor, classes: Tensor) -> Tensor:
     return masses * same.sum(1) / (same @ masses).clamp_min(torch.finfo(masses.dtype).tiny)
 
 
+def zero_one(values: Tensor) -> Tensor:
+    """Whether every entry of ``values`` is 0 or 1 (binary cross-entropy's classes): a bool tensor on
+    their device, so deciding it needs no host sync."""
+    return ((values == 0) | (values == 1)).all()
+
+
 def balanced_by_class(masses: Tensor, targets: Tensor | None) -> Tensor:
     """:func:`class_balanced` ``masses`` ``[B]`` when ``targets`` are classes: integer ``[B]``, or 0/1
     floats ``[B]`` or ``[B, 1]`` (binary cross-entropy's targets); ``masses`` as they are otherwise."""
@@ -142,8 +148,7 @@ def balanced_by_class(masses: Tensor, targets: Tensor | None) -> Tensor:
     if not targets.is_floating_point():
         return class_balanced(masses, targets) if targets.dim() == 1 else masses
     classes = targets.reshape(-1)
-    binary = ((classes == 0) | (classes == 1)).all()  # decided on the device: no sync
-    return torch.where(binary, class_balanced(masses, classes), masses)
+    return torch.where(zero_one(classes), class_balanced(masses, classes), masses)
 
 
 class Validation(NamedTuple):

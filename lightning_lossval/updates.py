@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from lightning_lossval.errors import ConfigError
-from lightning_lossval.objective import Objective, Parts, balanced_by_class, weighted_loss
+from lightning_lossval.objective import Objective, Parts, balanced_by_class, weighted_loss, zero_one
 from lightning_lossval.sinkhorn import cost_matrix
 
 RUNNING_BETA = 0.99
@@ -143,7 +143,7 @@ class Balanced(UpdateRule):
     """
 
     name: ClassVar[str] = "balanced"
-    synced: ClassVar[tuple[str, ...]] = ("loss_scale", "ratio", "target_moments")
+    synced: ClassVar[tuple[str, ...]] = ("loss_scale", "ratio", "target_mean", "target_var", "target_fit")
     lr: float = 0.05
     ot_share: float | Literal["auto"] = "auto"
     ot_share_max: float = 0.5
@@ -176,14 +176,16 @@ class Balanced(UpdateRule):
             )
 
     def state(self, n: int) -> dict[str, Tensor]:
-        # (count, total) of three running means: the loss deviations' RMS, the objective's ratio of
-        # transport to loss part, and the step's mean square; (count, means...) of the moments of the
-        # numeric targets and losses that target_reference fits
+        # (count, total...) of running means: the loss deviations' RMS, the objective's ratio of transport
+        # to loss part, the step's mean square, and the numeric targets' mean, variance and the four
+        # moments target_reference fits
         return {
             "loss_scale": torch.zeros(2),
             "ratio": torch.zeros(2),
             "step_scale": torch.zeros(2),
-            "target_moments": torch.zeros(7),
+            "target_mean": torch.zeros(2),
+            "target_var": torch.zeros(2),
+            "target_fit": torch.zeros(5),
         }
 
     def loss(self, parts: Parts, state: dict[str, Tensor]) -> Tensor:
@@ -197,7 +199,7 @@ class Balanced(UpdateRule):
             # d(L_w * S**k)/dm_i is proportional to S**k * loss_dev_i + k * L_w * S**(k-1) * potential_dev_i
             ratio = k * mean_loss * _rms(potential_dev) / (ot * _rms(loss_dev))
             if self.target_reference > 0 and parts.labels is not None:
-                loss_dev = target_reference(loss_dev, parts.labels, a, state["target_moments"], self.target_reference)
+                loss_dev = target_reference(loss_dev, parts.labels, a, state, self.target_reference)
             kept = 1.0
             if self.contrast > 0:
                 contrasted = neighbour_contrast(potential_dev, parts.features, self.contrast)
@@ -224,17 +226,18 @@ class Balanced(UpdateRule):
 
 @torch.no_grad()
 def target_reference(
-    loss_dev: Tensor, targets: Tensor, masses: Tensor, moments: Tensor, amount: float = 0.35
+    loss_dev: Tensor, targets: Tensor, masses: Tensor, state: dict[str, Tensor], amount: float = 0.35
 ) -> Tensor:
     """``loss_dev`` ``[B]`` with ``amount`` of what the extremeness of the rows' numeric ``targets``
     explains taken off, recentred under ``masses`` ``[B]``; as they are for class targets (integer,
     or floats that are all 0 or 1: :func:`~lightning_lossval.objective.balanced_by_class`).
 
     A row's extremeness is ``q = (y - m)**2 / v``, ``y`` the mean of its target columns, ``m`` and
-    ``v`` the running mean and variance of ``y``. Over the run, the loss deviations are fitted as
-    ``beta * (q - mean q)`` (least squares, ``beta >= 0``) on running moments kept in ``moments``
-    ``[7]`` (count, then the means of ``y``, ``(y - m)**2``, ``q``, ``loss_dev``, ``q * loss_dev``,
-    ``q**2``; updated here): the larger residuals that every row with an extreme target has. A
+    ``v`` the running mean and variance of ``y`` (``state["target_mean"]``, ``["target_var"]``). Over
+    the run, the loss deviations are fitted as ``beta * (q - mean q)`` (least squares, ``beta >= 0``)
+    on the running means of ``q``, ``loss_dev``, ``q * loss_dev`` and ``q**2``
+    (``state["target_fit"]``; all updated here): the larger residuals that every row with an extreme
+    target has. A
     row with a wrong target still stands out from the rows whose targets are as far out as its
     own. No host sync.
     """
@@ -242,28 +245,16 @@ def target_reference(
     if not targets.is_floating_point() or targets.numel() % b:
         return loss_dev
     y = targets.reshape(b, -1).float().mean(1).to(loss_dev.dtype)
-    numeric = ~((y == 0) | (y == 1)).all() if targets.numel() == b else torch.ones((), dtype=torch.bool)
-    numeric = numeric.to(loss_dev.device)
+    numeric = ~zero_one(y) if targets.numel() == b else torch.ones((), dtype=torch.bool, device=y.device)
     tiny = torch.finfo(loss_dev.dtype).tiny
-    m = running_means(moments, (masses * y).sum()[None], numeric, start=0)
-    v = running_means(moments, (masses * (y - m) ** 2).sum()[None], numeric, start=1)
+    m = running_mean(state["target_mean"], (masses * y).sum(), numeric)
+    v = running_mean(state["target_var"], (masses * (y - m) ** 2).sum(), numeric)
     q = (y - m) ** 2 / v.clamp_min(tiny)
     fit = [(masses * q).sum(), (masses * loss_dev).sum(), (masses * q * loss_dev).sum(), (masses * q * q).sum()]
-    eq, ed, eqd, eqq = running_means(moments, torch.stack(fit), numeric, start=2)
+    eq, ed, eqd, eqq = running_mean(state["target_fit"], torch.stack(fit), numeric)
     beta = ((eqd - eq * ed) / (eqq - eq * eq).clamp_min(tiny)).clamp_min(0)
     adjusted = loss_dev - amount * beta * (q - eq)
     return torch.where(numeric, adjusted - (masses * adjusted).sum(), loss_dev)
-
-
-def running_means(buffer: Tensor, values: Tensor, valid: Tensor, start: int) -> Tensor:
-    """Fold ``values`` ``[k]`` into the bias-corrected moving averages ``buffer[1 + start : 1 + start + k]``
-    unless ``valid`` is false, and return them; ``buffer[0]`` counts the folds (counted by the call
-    with ``start=0``). In place, no host sync."""
-    rows = slice(1 + start, 1 + start + values.shape[0])
-    if start == 0:
-        buffer[0] = buffer[0] + valid.to(buffer.dtype)
-    buffer[rows] = torch.where(valid, RUNNING_BETA * buffer[rows] + (1 - RUNNING_BETA) * values, buffer[rows])
-    return buffer[rows] / (1 - RUNNING_BETA ** buffer[0]).clamp_min(torch.finfo(buffer.dtype).tiny)
 
 
 RULES: dict[str, type[UpdateRule]] = {rule.name: rule for rule in (Adam, Normalized, Balanced)}
@@ -299,13 +290,14 @@ def far_side(deviation: Tensor, masses: Tensor) -> Tensor:
 
 
 def running_mean(pair: Tensor, value: Tensor, valid: Tensor | bool = True) -> Tensor:
-    """Fold ``value`` into the bias-corrected moving average kept in ``pair`` ``[2]`` (count, total),
-    in place, unless ``valid`` is false, and return the average. No host sync."""
+    """Fold ``value`` (a scalar, or ``[k]``) into the bias-corrected moving average(s) kept in ``pair``
+    ``[1 + k]`` (count, totals), in place, unless ``valid`` is false, and return the average(s), shaped
+    like ``value``. No host sync."""
     valid = torch.as_tensor(valid, device=pair.device)
-    count, total = pair[0], pair[1]
-    pair[0] = count + valid.float()
-    pair[1] = torch.where(valid, RUNNING_BETA * total + (1 - RUNNING_BETA) * value, total)
-    return pair[1] / (1 - RUNNING_BETA ** pair[0]).clamp_min(torch.finfo(pair.dtype).tiny)
+    totals = pair[1:]
+    pair[0] = pair[0] + valid.float()
+    pair[1:] = torch.where(valid, RUNNING_BETA * totals + (1 - RUNNING_BETA) * value, totals)
+    return (pair[1:] / (1 - RUNNING_BETA ** pair[0]).clamp_min(torch.finfo(pair.dtype).tiny)).reshape(value.shape)
 
 
 @torch.no_grad()

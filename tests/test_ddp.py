@@ -56,7 +56,7 @@ def test_ddp_ranks_stay_identical(tmp_path, store):
         assert (a - b).abs().max().item() == 0, step
     assert (rank0["values"] - rank1["values"]).abs().max().item() == 0
     if store == "default":  # the balanced step's running scales are averaged over the ranks
-        assert set(rank0["state"]) == {"loss_scale", "ratio", "step_scale", "target_moments"}
+        assert set(rank0["state"]) == {"loss_scale", "ratio", "step_scale", "target_mean", "target_var", "target_fit"}
         assert rank0["state"]["loss_scale"][0] > 0
         assert all(torch.equal(rank0["state"][k], rank1["state"][k]) for k in rank0["state"])
 

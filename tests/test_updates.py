@@ -278,8 +278,9 @@ def test_rules_own_their_options_state_and_store():
     assert not Adam.sparse_only and Normalized.sparse_only and Balanced.sparse_only
     assert set(Adam().state(3)) == {"exp_avg", "exp_avg_sq", "steps"} and Adam().state(3)["steps"].shape == (3,)
     assert Normalized().state(3) == {}
-    assert set(Balanced().state(3)) == {"loss_scale", "ratio", "step_scale", "target_moments"}
-    assert Balanced.synced == ("loss_scale", "ratio", "target_moments")
+    targets = {"target_mean", "target_var", "target_fit"}
+    assert set(Balanced().state(3)) == {"loss_scale", "ratio", "step_scale"} | targets
+    assert Balanced.synced == ("loss_scale", "ratio", "target_mean", "target_var", "target_fit")
     for bad, message in (
         (lambda: Balanced(lr=0), r"learning rate \(lr, --lossval.lr .*\) must be a positive"),
         (lambda: Balanced(ot_share=-0.1), "ot_share"),
@@ -320,7 +321,11 @@ def test_target_reference_takes_off_what_an_extreme_target_explains_and_keeps_a_
     # and one row (0) with a moderate target and a large loss: the kind of row a wrong target makes
     generator = torch.Generator().manual_seed(0)
     masses = torch.full((32,), 1 / 32)
-    moments = Balanced().state(32)["target_moments"]
+    moments = Balanced().state(32)
+
+    def copy(state):
+        return {k: v.clone() for k, v in state.items()}
+
     for _ in range(200):  # the running fit settles over the run
         y = torch.randn(32, generator=generator).exp()
         losses = 0.2 * (y - y.mean()) ** 2 * (0.5 + torch.rand(32, generator=generator))
@@ -332,20 +337,20 @@ def test_target_reference_takes_off_what_an_extreme_target_explains_and_keeps_a_
     assert extreme.any()
     assert (out[extreme] < raw[extreme]).all()  # the extreme targets' large residuals are taken off
     assert out[0] == out.max() and raw[0] < raw.max()  # the wrong target now leads the batch
-    half = target_reference(raw, y, masses, moments.clone(), 0.5)
+    half = target_reference(raw, y, masses, copy(moments), 0.5)
     assert ((half - raw).abs() < (out - raw).abs() + 1e-6).all()  # half the amount: a smaller correction
     # class targets (integer, or all 0/1 floats) and their rows are left alone, the running fit too
-    before = moments.clone()
+    before = copy(moments)
     for classes in (
         torch.randint(0, 3, (32,)),
         torch.randint(0, 2, (32,)).float(),
         torch.randint(0, 2, (32, 1)).float(),
     ):
         assert torch.equal(target_reference(raw, classes, masses, moments, 1.0), raw)
-    assert torch.equal(moments, before)
+    assert all(torch.equal(moments[k], before[k]) for k in before)
     # [B, K] targets: each row counts by the mean of its target columns
-    twice = target_reference(raw, torch.stack([y, y], 1), masses, moments.clone(), 1.0)
-    torch.testing.assert_close(twice, target_reference(raw, y, masses, moments.clone(), 1.0))
+    twice = target_reference(raw, torch.stack([y, y], 1), masses, copy(moments), 1.0)
+    torch.testing.assert_close(twice, target_reference(raw, y, masses, copy(moments), 1.0))
 
 
 def test_a_checkpoint_without_a_rules_newer_state_loads_with_that_state_fresh():
@@ -356,10 +361,12 @@ def test_a_checkpoint_without_a_rules_newer_state_loads_with_that_state_fresh():
     saved.weights = torch.tensor([0.5, 1.0, 1.5, 2.0])
     saved.state["loss_scale"] += 3.0
     old = saved.state_dict()
-    del old["target_moments"]  # written before the rule kept it
+    for name in ("target_mean", "target_var", "target_fit"):  # written before the rule kept them
+        del old[name]
     store = SparseWeights(4, Balanced(target_reference=0.0))
     store.load_state_dict(old)
     assert torch.equal(store.weights, saved.weights) and torch.equal(
         store.state["loss_scale"], saved.state["loss_scale"]
     )
-    assert torch.equal(store.state["target_moments"], torch.zeros(7))
+    fresh = Balanced().state(4)
+    assert all(torch.equal(store.state[k], fresh[k]) for k in ("target_mean", "target_var", "target_fit"))
