@@ -9,11 +9,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_lossval.data import per_sample_loss_error
 from lightning_lossval.errors import DataError
 from lightning_lossval.objective import Validation
 from lightning_lossval.stores import diverged
 from lightning_lossval.updates import UpdateRule
+from lightning_lossval.validation import training_features
 
 LOWER_LR = "the network has diverged: lower its learning rate"
 INDEX_HELP = (
@@ -38,7 +38,7 @@ def batch_features(
             "the per-sample losses given to lossval_loss carry no gradient (computed under torch.no_grad() or "
             "detached), so the network would not train: pass the losses as the loss function returns them"
         )
-    features = (pl_module.lossval_features(batch) if features is None else features).detach()
+    features = (training_features(pl_module, batch) if features is None else features).detach()
     features = features.reshape(features.shape[0], -1)
     scaled = getattr(pl_module.trainer.precision_plugin, "scaler", None) is not None
     bad_features, bad_losses = ~torch.isfinite(features).all(1), ~torch.isfinite(losses.detach()) & (not scaled)
@@ -60,6 +60,39 @@ def batch_features(
     return features
 
 
+def per_sample_loss_error(shape: tuple[int, ...], batch_size: int) -> str:
+    """Why losses of ``shape`` are not one loss per sample of a batch of ``batch_size``, and the fix."""
+    got = f"lossval_loss expects one loss per sample, shape [{batch_size}], got {shape}"
+    if len(shape) == 0:
+        return f"{got}: the loss is already reduced; compute it with reduction='none'"
+    if shape == (batch_size, batch_size) and batch_size > 1:
+        return (
+            f"{got}: [B, B] is what a [B, 1] output and a [B] target broadcast to in the loss function (each "
+            "output against every target); give both the same shape, e.g. F.mse_loss(pred.squeeze(1), y, "
+            "reduction='none')"
+        )
+    if len(shape) > 1 and shape[0] == batch_size:
+        return (
+            f"{got}: one row per sample with extra dimensions (e.g. F.mse_loss(pred, y.unsqueeze(1), "
+            "reduction='none') on a [B, 1] output); pass losses.squeeze(1) or losses.flatten() when there is one "
+            "value per sample, or average the rest per sample with losses.flatten(1).mean(1) (per-token losses "
+            "with padding: each sample's mean over its own tokens, (losses * mask).sum(1) / mask.sum(1).clamp_min(1))"
+        )
+    if len(shape) == 1 and shape[0] % batch_size:  # not a whole number of values per sample
+        return (
+            f"{got}: the batch held {batch_size} samples when it left the DataLoader. Either the loss is not one "
+            "per sample (compute it with reduction='none'), or the DataLoader's collate_fn drops or adds samples; "
+            "it must return every sample it gets, in order (a dataset item that is None is left out for you, "
+            "with its index)"
+        )
+    return (
+        f"{got}: the first dimension must be the batch's samples; compute the loss with reduction='none' and "
+        f"reduce anything else per sample (per-token losses: losses.view({batch_size}, -1), then each sample's "
+        f"mean over its own tokens, (losses * mask).sum(1) / mask.sum(1).clamp_min(1) with the [{batch_size}, T] "
+        "padding mask)"
+    )
+
+
 def check_first_batch(
     index: Tensor, features: Tensor, labels: Tensor | None, validation: Validation, rule: UpdateRule
 ) -> None:
@@ -76,6 +109,12 @@ def check_first_batch(
             f"label-aware transport compares each batch's targets with the validation targets, but the batch's "
             f"are {_kind(labels)} and the validation set's {_kind(validation.labels)}: give both the same way "
             "(class indices [N], or numeric [N, K] targets such as one-hot rows on both sides)"
+        )
+    if not features.is_floating_point():
+        rank_zero_warn(
+            f"the training batch's features are integers ({features.dtype}): LossVal compares rows by their "
+            "distances in feature space, which for token ids or category codes mean nothing; override "
+            "lossval_features to return float features (an embedding, one-hot columns), or ignore this for counts"
         )
     if features.shape[1] != val_dim:
         raise DataError(

@@ -15,7 +15,9 @@ What it does, in hook order:
   (features from the network). Training steps before it (a tuner's trial runs: ``Tuner.lr_find``,
   ``scale_batch_size``) train on the plain mean loss and leave the weights alone.
 - every optimizer step: the sparse store moves the batch's samples (gathered from all ranks);
-  both stores count each row's visits. At the first epoch end, weights that no optimizer step
+  both stores count each row's visits. Once per batch: an optimizer that evaluates its closure
+  again (LBFGS) runs the training step again on the same indices, and its later evaluations'
+  LossVal gradients are dropped. At the first epoch end, weights that no optimizer step
   ever moved are an error that names ``optimizer_index``.
 - every ``log_every_n_steps`` and at each epoch end (rank zero): a weight histogram and the
   scalars ``lossval/weight_mean``, ``_std``, ``_min`` and ``_frac_below_init``; at epoch ends,
@@ -39,6 +41,7 @@ module's own state dict stays free of them), so resuming, also mid-epoch, contin
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -54,7 +57,7 @@ from lightning_lossval.batches import INDEX_HELP, batch_features, check_first_ba
 from lightning_lossval.data import Indexed, IndexedDataset, several_loaders_error
 from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.mixin import WEIGHTS, LossValMixin
-from lightning_lossval.objective import Objective, Validation, lossval_objective, prepare_validation
+from lightning_lossval.objective import Objective, lossval_objective, prepare_validation
 from lightning_lossval.presets import Preset, resolve
 from lightning_lossval.ranks import check_strategy
 from lightning_lossval.report import save_values, values_table, write_csv
@@ -90,6 +93,10 @@ NOT_LOADED = (
     "the checkpoint's LossVal weights are not loaded outside fit, and validate, test and predict write no values "
     "(cb.values, if any, stay those of this callback's last fit); only a fit with the checkpoint continues them"
 )
+NOTHING_TRAINED = (
+    "this fit trained on no batch (its max_epochs or max_steps was reached already?): it wrote no values files, "
+    "and values stay those of this callback's fit before, if any"
+)
 FRESH_WEIGHTS = (
     "holds no LossVal weights (written without this callback): they start at 1.0 and value the epochs from here on"
 )
@@ -108,25 +115,23 @@ class LossValCallback(Callback):
         cb.to_csv("values.csv")
 
     Args:
-        val_data: the validation set the batches are compared with. A ``[V, ...]`` tensor of
-            features, a ``Dataset`` or ``DataLoader`` whose batches go through the module's
-            ``lossval_features``, a ``(inputs, targets)`` tuple or list of tensors, or ``None`` for the
-            loaders the fit validates on (``val_dataloaders``, the DataModule's or the module's
-            ``val_dataloader``).
-        lr: the weights' step size, replacing the update rule's (default: the rule's, 0.05 for
-            the default's balanced step, which moves a sample by at most ``2 * lr`` per visit,
-            0.01 for the paper's Adam).
+        val_data: the validation set the batches are compared with: a ``[V, ...]`` tensor of features, a
+            ``Dataset`` or ``DataLoader`` whose batches go through the module's ``lossval_features``, an
+            ``(inputs, targets)`` tuple or list of tensors, or ``None`` for the loaders the fit validates
+            on (``val_dataloaders``, the DataModule's or the module's ``val_dataloader``).
+        lr: the weights' step size, replacing the update rule's (0.05 for the default's balanced step,
+            which moves a sample by at most ``2 * lr`` per visit; 0.01 for the paper's Adam).
         objective: a preset name (``"default"``, ``"labels"``, ``"paper"``), a mapping of single fields that
-            starts from a preset (``"preset"``, default ``"default"``), an
-            :class:`~lightning_lossval.objective.Objective` or a
-            :class:`~lightning_lossval.presets.Preset` (see ``lightning_lossval.presets``).
+            starts from a preset (``"preset"``, default ``"default"``), an ``Objective`` or a ``Preset``
+            (``lightning_lossval.objective``, ``.presets``).
         update: an update rule (``lightning_lossval.updates``) replacing the preset's.
         optimizer_index: which of the module's optimizers the weights' steps go with (under manual
             optimization: the one that steps after the LossVal loss's backward).
         log_every_n_steps: histogram and scalar cadence in optimizer steps (default: the
             Trainer's ``log_every_n_steps``); 0 logs at epoch ends only.
-        export: write ``values.csv`` and ``values.pt`` at the end of fit into the logger's log
-            directory, or without one into a new ``<default_root_dir>/lossval/version_N``.
+        export: write ``values.csv`` and ``values.pt`` at the end of fit into the logger's log directory
+            (or a new ``lossval/version_N``, see ``run_report.values_dir``); a fit that trains no batch
+            writes none, and its callback keeps the values of its fit before.
         noisy_mask: ``[N]`` bool, the rows known to be corrupted (default: the DataModule's
             ``noisy_mask`` attribute, if any); enables the detection metrics.
         show: how many of the lowest-valued rows to print and log as text at the end of fit.
@@ -154,12 +159,10 @@ class LossValCallback(Callback):
         self.val_data, self.optimizer_index, self.log_every_n_steps = val_data, optimizer_index, log_every_n_steps
         self.export, self.noisy_mask, self.show, self.sparse = export, noisy_mask, show, sparse
         self.columns: dict[str, list] = {}
-        self.in_training_step = False
-        self.values_path: Path | None = None
-        self._store: DenseWeights | SparseWeights | None = None
+        self.in_training_step, self.values_path = False, None  # values_path: where this fit's values.csv went
+        self._store = self._previous = None  # DenseWeights | SparseWeights: this fit's, and the fit before's
         self._fitting = self._started = False  # between setup and teardown of fit; after on_fit_start
-        self._validation: Validation | None = None
-        self._validation_epoch = -1  # the epoch whose start computed the validation features
+        self._validation, self._validation_epoch = None, -1  # objective.Validation, made at that epoch's start
         self._step: Indexed | None = None  # the running training step's indices and batch
         self._index: Tensor | None = None  # the indices of the batch the strategy moved last
         self._calls, self._checked_shapes, self._last_logged_step, self._noisy = 0, False, -1, None
@@ -181,7 +184,7 @@ class LossValCallback(Callback):
         return self._store.visits.cpu().clone()
 
     def table(self, limit: int | None = None) -> list[dict[str, Any]]:
-        """The rows of ``values.csv``: lowest value first, with the known per-sample columns."""
+        """The rows of ``values.csv``, lowest value first, as Python values (``flagged``, ``noisy``: bools)."""
         return values_table(check_finite(self.values, "export", self.preset.update), self.columns, limit)
 
     def to_csv(self, path: str | os.PathLike) -> Path | None:
@@ -206,8 +209,10 @@ class LossValCallback(Callback):
         self._fitting, self._started, self._resumed, self._rank_zero = True, False, False, trainer.is_global_zero
 
     def _new_store(self, trainer: Trainer, pl_module: LightningModule) -> None:  # N new weights, module patched
+        self._previous = self._store  # what a fit that trains no batch keeps (on_fit_end)
         self._store = new_store(_count_train_samples(trainer), self.preset.update, self.sparse, pl_module.device)
-        patching.patch(pl_module, self, self._training_step, None if self._store.sparse else self._store.weights)
+        step, self._batch = functools.partial(self._training_step, trainer), (-1, None)  # batch number, indices
+        patching.patch(pl_module, self, step, None if self._store.sparse else self._store.weights)
         patching.take_indices(trainer.strategy, lambda index: setattr(self, "_index", index))
 
     @override
@@ -217,7 +222,7 @@ class LossValCallback(Callback):
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException | None) -> None:
-        if self._started and self.export:  # after Ctrl-C rank zero writes the values learned so far
+        if self._started and self.export:  # after Ctrl-C or SIGTERM rank zero writes the values learned so far
             self.values_path = save_interrupted(trainer, self._store, exception, self._noisy) or self.values_path
         patching.restore(pl_module)  # the module is the user's again: no patches, no weights parameter
         patching.release_indices(trainer.strategy)
@@ -257,10 +262,13 @@ class LossValCallback(Callback):
         check_applied(self._store, self.optimizer_index, trainer.current_epoch, self.preset.update)
         self._log(trainer)
         if self._noisy is not None and trainer.is_global_zero:
-            log_detection(trainer, self.values, self._noisy)
+            log_detection(trainer, self.values, self._noisy, self.visits > 0)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._store.visits.any():  # alike on every rank: no batch trained (max_epochs reached already?)
+            self._store = _kept(self._previous, self._store)
+            return rank_zero_info(f"LossValCallback: {NOTHING_TRAINED}")
         directory = values_dir(trainer) if self.export else None  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
@@ -293,16 +301,18 @@ class LossValCallback(Callback):
             rank_zero_info(f"LossValCallback: {trainer.ckpt_path} {FRESH_WEIGHTS}")
 
     # ------------------------------------------------------------------ the step
-    def _training_step(self, step: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+    def _training_step(self, trainer: Trainer, step: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(batch, Indexed):  # a batch that did not pass the strategy's batch_to_device
             self._index, batch = batch
-        index, self._index = self._index, None
-        if index is None:
+        number = trainer.fit_loop.epoch_loop.total_batch_idx
+        if self._index is not None:  # a new batch; an optimizer that evaluates its closure again (LBFGS) reuses it
+            self._batch, self._index = (number, self._index), None
+        elif self._batch[0] != number:
             raise DataError(f"the training batch carries no sample indices: {INDEX_HELP}")
         if not self._started:  # a tuner's trial fit before this fit's start: the plain loss, weights untouched
             return step(batch, *args, **kwargs)
         self._store.begin_batch()
-        self._step, self._calls, self.in_training_step = Indexed(index, batch), 0, True
+        self._step, self._calls, self.in_training_step = Indexed(self._batch[1], batch), 0, True
         try:
             output = step(batch, *args, **kwargs)
         finally:
@@ -355,6 +365,11 @@ def _count_train_samples(trainer: Trainer) -> int:
     if not isinstance(loader, DataLoader) or not isinstance(loader.dataset, IndexedDataset):
         raise DataError(f"the train dataloader does not carry sample indices: {INDEX_HELP}")
     return len(loader.dataset)
+
+
+def _kept(previous: SparseWeights | DenseWeights | None, store: SparseWeights | DenseWeights) -> Any:
+    """The store of the fit before, if it valued as many samples as ``store``; else ``store``."""
+    return previous if previous is not None and previous.numel() == store.numel() else store
 
 
 def _optimizer(trainer: Trainer, index: int) -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import shutil
+import signal
 import sys
 import zipfile
 from collections.abc import Callable
@@ -33,7 +34,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.cli import _InstantiatorFn as LightningInstantiator  # records the model's hparams
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
+from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_lossval.callback import LossValCallback
 from lightning_lossval.data import IndexedDataModule
@@ -104,7 +106,26 @@ class LossValCLI(LightningCLI):
     def before_fit(self) -> None:
         check_strategy(self.trainer)  # here, not in spawned workers whose error would come back as a traceback
 
+    def before_test(self) -> None:
+        self._check_step("test")
+
+    def before_predict(self) -> None:
+        self._check_step("predict")
+
+    def _check_step(self, subcommand: str) -> None:
+        """Refuse ``lossval test`` / ``predict`` of a model without that step (the bundled ones), saying what to use."""
+        if not is_overridden(f"{subcommand}_step", self.model):
+            raise ConfigError(
+                f"lossval {subcommand} runs the model's {subcommand}_step on the data's {subcommand}_dataloader, and "
+                f"{type(self.model).__name__} has no {subcommand}_step (the bundled models and TabularDataModule "
+                "have neither): use lossval validate --ckpt_path PATH for the validation metrics, and values.csv "
+                "(its prediction column) for each training row's prediction"
+            )
+
     def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if "lossval" in config and config["lossval"] is None:  # a later config's "lossval: null": the defaults,
+            config["lossval"] = self._parser(self.subcommand).get_defaults()["lossval"]  # e.g. one under callbacks
         if self._get(self.config, "lr_scheduler") and not self._get(self.config, "optimizer"):
             raise ConfigError(  # LightningCLI would drop the scheduler silently
                 "--lr_scheduler needs --optimizer too: the scheduler steps the optimizer the CLI builds "
@@ -244,8 +265,8 @@ def _newest_checkpoint(name: str, config: Any) -> str:
 
 
 def _user_error(error: BaseException | None) -> BaseException | None:
-    """The LossValError (or Lightning's MisconfigurationException, e.g. ``lossval test`` of a model without
-    ``test_step``) behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
+    """The LossValError (or Lightning's MisconfigurationException, e.g. ``lossval test`` of data without a
+    ``test_dataloader``) behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
     while error is not None and not isinstance(error, (LossValError, MisconfigurationException)):
         error = error.__cause__ or error.__context__
     return error
@@ -262,6 +283,8 @@ def main(args: list[str] | None = None) -> None:
         if args is None:  # LightningCLI reads the command line itself (it warns about args= with one)
             sys.argv[1:] = resolved
         LossValCLI(args=None if args is None else resolved)
+    except SIGTERMException:  # Lightning's carries no exit status, and a job ended by SIGTERM did not succeed
+        sys.exit(128 + signal.SIGTERM)
     except argparse.ArgumentError as error:  # an unknown option or config key, a value of the wrong type
         subcommand = given[0] if given and not given[0].startswith("-") else "fit"
         print(f"lossval: error: {error}\n(lossval {subcommand} --help lists the options)", file=sys.stderr)

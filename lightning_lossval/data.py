@@ -5,7 +5,7 @@ in the training dataset and ``data`` is exactly the batch the wrapped loader wou
 The index comes from the dataset itself, so it stays global whatever sampler Lightning injects
 (``DistributedSampler`` included). Validation, test and predict loaders are not touched.
 LossVal values one training loader, and a training step's losses are one per indexed sample;
-:func:`several_loaders_error` and :func:`per_sample_loss_error` say what to do otherwise.
+:func:`several_loaders_error` says what to do otherwise.
 """
 
 from __future__ import annotations
@@ -191,8 +191,8 @@ class IndexedDataLoader(DataLoader):
         if not UNWRAPPING:
             rank_zero_warn(
                 "this loader's batches are Indexed(index, data) for LossValCallback, and no module is being fitted "
-                "with one: a training_step would receive the sample indices as its batch. Add LossValCallback(...) "
-                "to the Trainer's callbacks, or train on the loader or DataModule it wraps"
+                "with one: a step would receive the sample indices as its batch. To fit, add LossValCallback(...); to "
+                "predict, test or validate, give the loader it wraps (its rows: this loader's dataset.dataset)"
             )
         for batch in batches:
             self._delivered += 1
@@ -279,32 +279,6 @@ def several_loaders_error(loader: Any) -> str | None:
         f"LossVal values the samples of one training DataLoader, but fit got {count} in a {type(loader).__name__}; "
         "join their datasets into one: index_dataloader(DataLoader(ConcatDataset([dataset_a, dataset_b]), "
         "batch_size=..., shuffle=True)) (value i is then item i of the ConcatDataset)"
-    )
-
-
-def per_sample_loss_error(shape: tuple[int, ...], batch_size: int) -> str:
-    """Why losses of ``shape`` are not one loss per sample of a batch of ``batch_size``, and the fix."""
-    got = f"lossval_loss expects one loss per sample, shape [{batch_size}], got {shape}"
-    if len(shape) == 0:
-        return f"{got}: the loss is already reduced; compute it with reduction='none'"
-    if len(shape) > 1 and shape[0] == batch_size:
-        return (
-            f"{got}: one row per sample with extra dimensions (e.g. F.mse_loss(pred, y.unsqueeze(1), "
-            "reduction='none') on a [B, 1] output); pass losses.squeeze(1) or losses.flatten() when there is one "
-            "value per sample, or average the rest per sample with losses.flatten(1).mean(1)"
-        )
-    if len(shape) == 1 and shape[0] % batch_size:  # not a whole number of values per sample
-        return (
-            f"{got}: the batch held {batch_size} samples when it left the DataLoader. Either the loss is not one "
-            "per sample (compute it with reduction='none'), or the DataLoader's collate_fn drops or adds samples; "
-            "it must return every sample it gets, in order (a dataset item that is None is left out for you, "
-            "with its index)"
-        )
-    return (
-        f"{got}: the first dimension must be the batch's samples; compute the loss with reduction='none' and "
-        f"reduce anything else per sample (per-token losses: losses.view({batch_size}, -1), then each sample's "
-        f"mean over its own tokens, (losses * mask).sum(1) / mask.sum(1).clamp_min(1) with the [{batch_size}, T] "
-        "padding mask)"
     )
 
 

@@ -34,16 +34,17 @@ def two_means_split(values: Tensor) -> Tensor:
     return mask
 
 
-def flag_low(values: Tensor, measured: Tensor | None = None) -> Tensor:
+def flag_low(values: Tensor, measured: Tensor | None = None, below: float = float("inf")) -> Tensor:
     """The rows a 2-means split suggests acting on, ``[N]`` bool: of the ``measured`` rows (default: all),
-    those valued at most the largest value of the split's lower group (ties with it included). Nothing
-    when fewer than two measured values differ: 2-means would still split them."""
+    those valued at most the largest value of the split's lower group (ties with it included) and less
+    than ``below`` (the weights' start: a row the run raised is not suspect). Nothing when fewer than two
+    measured values differ: 2-means would still split them."""
     values = values.detach().double().cpu().flatten()
     measured = torch.ones_like(values, dtype=torch.bool) if measured is None else measured.bool().cpu().flatten()
     seen = values[measured]
     if seen.numel() < 2 or seen.min() == seen.max():
         return torch.zeros(values.numel(), dtype=torch.bool)
-    return measured & (values <= seen[two_means_split(seen)].max())
+    return measured & (values <= seen[two_means_split(seen)].max()) & (values < below)
 
 
 def f1(flagged: Tensor, noisy: Tensor) -> float:

@@ -11,12 +11,13 @@ rebuilds the network without data.
 from __future__ import annotations
 
 import inspect
+import math
 
 import lightning as L
 import torch
 from torch import Tensor, nn
 
-from lightning_lossval.errors import ConfigError
+from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.losses import cross_entropy, squared_error
 from lightning_lossval.mixin import LossValMixin
 
@@ -186,8 +187,26 @@ class MLP(TaskModule):
         return nn.Sequential(*blocks)
 
 
+class _Images(nn.Module):
+    """Each row as an image of ``shape`` (channels, height, width): rows of that many values, flattened or
+    already images."""
+
+    def __init__(self, shape: list[int]) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x[0].numel() != math.prod(self.shape):
+            raise DataError(
+                f"the CNN takes rows of {math.prod(self.shape)} values, flat or as {self.shape} images (its "
+                f"image_shape), and got a batch of {tuple(x.shape)}; set image_shape to the rows' (channels, height, "
+                "width)"
+            )
+        return x.reshape(x.shape[0], *self.shape)
+
+
 class CNN(TaskModule):
-    """A small convolutional classifier for image-like rows (e.g. the 8x8 digits, flattened).
+    """A small convolutional classifier for image-like rows (e.g. the 8x8 digits, flat or as ``[N, 1, 8, 8]``).
 
     Each row of ``num_inputs`` values is reshaped to ``image_shape`` (channels, height, width);
     each entry of ``channels`` adds a 3x3 convolution, ReLU and 2x2 max-pool (while the image is
@@ -215,7 +234,7 @@ class CNN(TaskModule):
                 f"CNN image_shape {shape} (channels, height, width) does not hold the {num_inputs} input "
                 "features of a row; set model.image_shape so that its product equals the feature count"
             )
-        blocks: list[nn.Module] = [nn.Unflatten(1, shape)]
+        blocks: list[nn.Module] = [_Images(shape)]
         fan_in, size = shape[0], min(shape[1:])
         for fan_out in self.hparams.channels:
             blocks += [nn.Conv2d(fan_in, fan_out, 3, padding=1), nn.ReLU()]

@@ -45,9 +45,10 @@ def values_table(
 
 def flagged_rows(values: Tensor, columns: dict[str, list] | None = None) -> Tensor:
     """The suggested cut, ``[N]`` bool: the lower group of the values' 2-means split, of the rows measured
-    (``visits`` above 0, when ``columns`` has them); nothing if their values do not differ."""
+    (``visits`` above 0, when ``columns`` has them) whose value fell below the start, 1.0; nothing if their
+    values do not differ."""
     visits = (columns or {}).get("visits")
-    return flag_low(values, None if visits is None else torch.as_tensor(visits) > 0)
+    return flag_low(values, None if visits is None else torch.as_tensor(visits) > 0, below=1.0)
 
 
 def weight_stats(weights: Tensor) -> dict[str, float]:
@@ -117,7 +118,7 @@ def format_table(rows: list[dict[str, Any]], markdown: bool = False) -> str:
 def _shown(name: str, v: Any) -> str:
     if not isinstance(v, float):  # a label or id with a line break or a bar stays on its row
         return _cell(v).replace("\r", "\\r").replace("\n", "\\n").replace("|", "\\|")
-    shown = f"{v:.4f}" if name == "value" else f"{v:.6g}"
+    shown = f"{v:.4f}" if name == "value" else f"{v:.7g}"
     return shown[1:] if shown.startswith("-") and float(shown) == 0 else shown  # -7e-8 is 0.0000, not -0.0000
 
 

@@ -13,6 +13,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
@@ -44,9 +45,10 @@ def log_weights(trainer: Trainer, weights: Tensor) -> None:
             )
 
 
-def log_detection(trainer: Trainer, values: Tensor, noisy: Tensor) -> None:
-    """The detection metrics of ``values`` against the known ``noisy`` rows, to every logger."""
-    metrics = detection_report(values, noisy)
+def log_detection(trainer: Trainer, values: Tensor, noisy: Tensor, measured: Tensor) -> None:
+    """The detection metrics of the ``measured`` rows' ``values`` against the known ``noisy`` rows, to every
+    logger (a row no batch held keeps its value 1.0, which says nothing)."""
+    metrics = detection_report(values[measured], noisy[measured])
     for logger in trainer.loggers:
         logger.log_metrics({f"lossval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
 
@@ -82,7 +84,8 @@ def noisy_mask(mask: Tensor | None, trainer: Trainer, n: int) -> Tensor | None:
 def values_dir(trainer: Trainer) -> Path:
     """Where a fit's values files go: the first logger's ``log_dir`` (TensorBoard's, the CSV logger's
     ``version_N``); without one (``logger=False``, ``fast_dev_run``, loggers without a local run
-    directory) a new ``<default_root_dir>/lossval/version_N``, so no run overwrites another's files.
+    directory) a new ``<default_root_dir>/lossval/version_N``, and when the log dir holds an earlier
+    fit's ``values.csv`` a new ``<log_dir>/lossval/version_N``, so no fit overwrites another's files.
     A collective under DDP: every rank calls it, rank zero decides."""
     return Path(trainer.strategy.broadcast(_run_dir(trainer)))
 
@@ -91,13 +94,15 @@ def _run_dir(trainer: Trainer) -> str | None:
     """:func:`values_dir` as this process sees it, without the broadcast (``None`` off rank zero without a
     logger)."""
     directory = trainer.loggers[0].log_dir if trainer.loggers else None
-    if directory is None and trainer.is_global_zero:
-        root = Path(trainer.default_root_dir) / "lossval"
-        try:
-            directory = str(next_version_dir(root))
-        except OSError:  # writing there fails too, and the values go elsewhere (save_values_somewhere)
-            directory = str(root)
-    return directory
+    if not trainer.is_global_zero or (directory is not None and not (Path(directory) / "values.csv").exists()):
+        return directory
+    # no logger folder, or one an earlier fit's values files are in (a second fit of this Trainer, a logger's fixed
+    # version): a new folder, so no fit overwrites another's values
+    root = Path(directory if directory is not None else trainer.default_root_dir) / "lossval"
+    try:
+        return str(next_version_dir(root))
+    except OSError:  # writing there fails too, and the values go elsewhere (save_values_somewhere)
+        return str(root)
 
 
 def save_values_somewhere(directory: Path, values: Tensor, columns: dict[str, list]) -> Path:
@@ -120,11 +125,12 @@ def save_values_somewhere(directory: Path, values: Tensor, columns: dict[str, li
 def save_interrupted(
     trainer: Trainer, store: Any, exception: BaseException | None, noisy: Tensor | None
 ) -> Path | None:
-    """After Ctrl-C (``exception`` a ``KeyboardInterrupt``), the values ``store`` holds so far into the run's
-    folder, with the DataModule's row columns, ``noisy`` when known and the visits, and a line that says
+    """After Ctrl-C or SIGTERM (``exception`` a ``KeyboardInterrupt``, or the ``SIGTERMException`` Lightning raises
+    when a scheduler, ``timeout`` or ``docker stop`` ends the job), the values ``store`` holds so far into the
+    run's folder, with the DataModule's row columns, ``noisy`` when known and the visits, and a line that says
     where; on rank zero and without a collective (the other ranks may be gone). Anything else, or
     non-finite weights: nothing."""
-    if not isinstance(exception, KeyboardInterrupt) or not trainer.is_global_zero:
+    if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.is_global_zero:
         return None
     values = store.values().detach().float().cpu()
     if not torch.isfinite(values).all():
@@ -160,10 +166,13 @@ def print_report(
             f"{unseen} of {len(values)} rows were never in a training batch; their value 1.0 means unmeasured "
             "(visits = 0 in values.csv)"
         )
-    lines += [_cut_line(values, columns, unseen, values_path)] if rows else []  # show=0: no rows, no cut
+    lines += [_cut_line(values, columns, unseen, values_path), *_whole_classes(values, columns)] if rows else []
     if noisy is not None:
-        metrics = detection_report(values, noisy)
-        lines.append(f"detection of the {int(noisy.sum())} known noisy samples: {format_metrics(metrics)}")
+        measured = torch.as_tensor(columns.get("visits", [1] * len(values))) > 0  # unmeasured rows say nothing
+        among = f" among the {len(values) - unseen} measured rows" if unseen else ""
+        metrics = detection_report(values[measured], noisy[measured])
+        known = f"{int(noisy[measured].sum())} known noisy samples{among}"
+        lines.append(f"detection of the {known}: {format_metrics(metrics)}")
     if values_path is not None:
         lines.append(f"values of all samples: {values_path}")
     boards = [logger.root_dir for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
@@ -173,20 +182,46 @@ def print_report(
         if isinstance(logger, TensorBoardLogger) and rows:
             logger.experiment.add_text("lossval/lowest_rows", format_table(rows, markdown=True), trainer.global_step)
             if noisy is not None:
-                logger.experiment.add_figure("lossval/detection", detection_figure(values, noisy), trainer.global_step)
+                logger.experiment.add_figure(
+                    "lossval/detection", detection_figure(values[measured], noisy[measured]), trainer.global_step
+                )
             logger.experiment.flush()
+
+
+def _whole_classes(values: Tensor, columns: dict[str, list]) -> list[str]:
+    """A line for each class (a ``target`` column of class names) the suggested cut takes almost whole: a rare
+    or hard class whose clean rows all have higher losses lands low as a whole, and dropping the flagged rows
+    would drop the class."""
+    targets, flagged = columns.get("target"), flagged_rows(values, columns).tolist()
+    if not targets or not all(isinstance(t, str) for t in targets) or not any(flagged):
+        return []
+    measured = [v > 0 for v in columns.get("visits", [1] * len(values))]
+    share, lines = sum(flagged) / sum(measured), []
+    for name in sorted(set(targets)):
+        rows = [f for f, t, m in zip(flagged, targets, measured) if t == name and m]
+        if len(rows) >= 3 and sum(rows) >= max(0.8, 2 * share) * len(rows):
+            lines.append(
+                f"the cut flags {sum(rows)} of the {len(rows)} rows of class {name!r}: a rare or hard class can land "
+                "low as a whole, its rows not wrong; look at them before dropping any"
+            )
+    return lines
 
 
 def _cut_line(values: Tensor, columns: dict[str, list], unseen: int, values_path: Path | None) -> str:
     """The line on :func:`~lightning_lossval.report.flagged_rows`: how many rows, below which value."""
     flagged = flagged_rows(values, columns)
     if not flagged.any():
-        return "suggested cut: none; the values of the measured rows do not differ"
+        return "suggested cut: none; the measured rows' values do not split into a lower group below the start, 1.0"
     rows = f"the {len(values) - unseen} measured rows" if unseen else f"{len(values)} rows"
     where = "; flagged column in values.csv" if values_path is not None else ""
+    most = (
+        "; that is most of them: the values barely separate yet (a short run?), read values.csv from the top instead"
+        if 2 * int(flagged.sum()) > len(values) - unseen
+        else ""
+    )
     return (
         f"suggested cut: the 2-means split of the values flags {int(flagged.sum())} of {rows} "
-        f"(value <= {values[flagged].max().item():.4f}){where}"
+        f"(value <= {values[flagged].max().item():.4f}){where}{most}"
     )
 
 

@@ -49,6 +49,7 @@ class _Store:
         self.fresh = 0  # pending[fresh:] came from the running training step
         self.selected = 0  # batches whose LossVal loss was computed in this fit
         self.applied = False  # an optimizer step carried the LossVal gradient of its own training step
+        self.stepped = -1  # the number of the last batch an optimizer step took in
 
     def numel(self) -> int:
         return self.visits.numel()
@@ -67,6 +68,18 @@ class _Store:
         counts = not any(torch.equal(i, index) for i, _, _ in self.pending[self.fresh :])
         self.pending.append((index, leaf, counts))
         self.selected += 1
+
+    def _again(self, trainer: Trainer) -> bool:
+        """Whether the optimizer steps again on the batch its last step took in, and if so drop what is
+        pending: an optimizer that evaluates its closure several times per step (LBFGS) moves the weights
+        and counts the visits once per batch, with the first evaluation's gradient."""
+        number = trainer.fit_loop.epoch_loop.total_batch_idx
+        if number != self.stepped:
+            self.stepped = number
+            return False
+        self.pending.clear()
+        self.fresh = 0
+        return True
 
     def _taken(self) -> tuple[Tensor, Tensor, bool]:
         """The pending indices, which of them count as visits, and whether the running training step added
@@ -114,7 +127,7 @@ class DenseWeights(_Store):
 
     def step(self, trainer: Trainer) -> None:
         """Count the visits; the user's optimizer steps the parameter."""
-        if not self.pending:
+        if not self.pending or self._again(trainer):
             return
         index, counts, fresh = self._taken()
         grad = self.weights.grad
@@ -170,7 +183,7 @@ class SparseWeights(_Store):
 
     def step(self, trainer: Trainer) -> None:
         """Gather this step's ``(index, gradient)`` pairs from every rank and update those samples."""
-        if not self.pending:
+        if not self.pending or self._again(trainer):
             return
         self.applied = self.applied or any(w.grad is not None for _, w, _ in self.pending[self.fresh :])
         grad = torch.cat([torch.zeros_like(w) if w.grad is None else w.grad for _, w, _ in self.pending])

@@ -83,9 +83,9 @@ def read_csv(path: str) -> Table:
                 if not record:
                     continue
                 record = [cell.strip() for cell in record]
+                if record == [""]:  # a line of spaces: blank, as pandas reads it
+                    continue
                 if header is None:
-                    if record == [""]:  # a line of spaces before the header: nothing yet
-                        continue
                     if len(record) == 1 and (sep := next((c for c in ";\t|" if c in record[0]), None)):
                         raise DataError(
                             f"the header of {path} is one column, {record[0]!r}: the file seems separated by "
@@ -331,6 +331,8 @@ def parse_numbers(table: Table, column: str, advice: str) -> Tensor:
 
 
 def to_float(text: str) -> float | None:
+    if "_" in text or not text.isascii():  # Python's float() reads "1_000" and other scripts' digits, pandas does not
+        return None
     try:
         number = float(text)
     except ValueError:
@@ -339,13 +341,13 @@ def to_float(text: str) -> float | None:
 
 
 def row_counters(table: Table, columns: list[str]) -> list[str]:
-    """The ``columns`` that count the rows (consecutive integers in file order, like a DataFrame's index
-    saved under a name, ``Unnamed: 0`` after a second round trip through pandas): an index, not a
+    """The ``columns`` that count the rows (consecutive integers in file order, up or down, like a DataFrame's
+    index saved under a name, ``Unnamed: 0`` after a second round trip through pandas): an index, not a
     feature, and one that leaks the target when the rows are sorted by it."""
     found = []
     for column in columns:
         numbers = [to_float(v) for v in table.column(column)]
-        if len(numbers) > 2 and None not in numbers and all(b - a == 1 for a, b in zip(numbers, numbers[1:])):
+        if len(numbers) > 2 and None not in numbers and {b - a for a, b in zip(numbers, numbers[1:])} in ({1}, {-1}):
             found.append(column)
     return found
 

@@ -79,7 +79,8 @@ def split_rows(train: Table, fraction: float, seed: int, strata: list[str] | Non
         held = [row for group, k in zip(groups.values(), _quotas(groups, fraction, n_val)) for row in group[:k]]
         if not held:
             raise DataError(
-                f"no class of {train.source} has two rows, so none can spare one for validation; add rows or give a "
+                f"no class of {train.source} has two rows, so none can spare one for validation ({len(groups)} classes "
+                f"in {n} rows: if the target is a number to predict, set --data.task regression); add rows or give a "
                 "validation file with --data.val_csv"
             )
     kept = set(held)
@@ -166,6 +167,11 @@ class TabularDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
+        if not isinstance(target, str) or not target.strip():
+            raise DataError(f"--data.target names the column to predict, got {target!r}; set --data.target NAME")
+        # as the header's names, whose surrounding spaces are stripped like every cell's
+        target, id_column = target.strip(), None if id_column is None else str(id_column).strip()
+        categorical, drop_columns = ([str(n).strip() for n in c] if c else c for c in (categorical, drop_columns))
         self.save_hyperparameters(ignore=["train_df", "val_df"])
         self._frames = (train_df, val_df)
         sources = {"train_csv": train_csv, "train_df": train_df, "builtin": builtin}
@@ -186,9 +192,7 @@ class TabularDataModule(LightningDataModule):
             if value not in allowed:
                 raise DataError(f"--data.{option} must be one of {', '.join(allowed)}, got {value!r}")
         if not 0.0 <= noise_rate <= 1.0:
-            raise DataError(
-                f"--data.noise_rate is the fraction of training rows to corrupt, within [0, 1]; got {noise_rate}"
-            )
+            raise DataError(f"--data.noise_rate is the fraction of rows to corrupt, in [0, 1]; got {noise_rate}")
         if noise == "none" and noise_rate > 0:
             rank_zero_warn(
                 f"--data.noise_rate {noise_rate} corrupts nothing with --data.noise none; name a kind: "
@@ -289,14 +293,14 @@ class TabularDataModule(LightningDataModule):
 
     def format_target(self, t: Tensor) -> list[str]:
         """Readable strings for targets like the training ones: class indices ``[B]`` or
-        standardised regression values ``[B]`` / ``[B, 1]`` (shown in original units, 6 significant digits)."""
+        standardised regression values ``[B]`` / ``[B, 1]`` (original units, 7 significant digits: a float32's)."""
         self._check_prepared()
         if self.task == "classification":
             if t.is_floating_point():
                 raise TypeError("format_target takes class indices, not scores: pass logits.argmax(-1)")
             return [self.classes[i] for i in t.reshape(-1).tolist()]
         values = t.detach().reshape(-1).double().cpu() * self._target_std + self._target_mean
-        return [f"{v:.6g}" for v in values.tolist()]
+        return [f"{v:.7g}" for v in values.tolist()]
 
     def train_dataloader(self) -> DataLoader:
         self._check_prepared()
@@ -339,10 +343,7 @@ class TabularDataModule(LightningDataModule):
             raise DataError(f"{train.source} has no feature columns left besides the target, id and dropped columns")
         not_features = [c for c in hp.categorical or [] if c not in features]
         if not_features:
-            raise DataError(
-                f"data.categorical lists {listing(not_features)}, which is the id column or "
-                "dropped; remove it from data.categorical"
-            )
+            raise DataError(f"data.categorical lists {listing(not_features)}, the id or a dropped column: remove it")
         return features
 
     def _resolve_task(self, train: Table) -> str:

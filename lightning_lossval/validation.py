@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_lossval.errors import DataError
+from lightning_lossval.mixin import LossValMixin
 
 MIN_VALIDATION_ROWS = 2  # the transport distance to a single point ranks samples by their distance to it, no more
 VALIDATION_HELP = (
@@ -37,10 +38,12 @@ VALIDATION_HELP = (
 
 
 @contextlib.contextmanager
-def eval_mode(module: LightningModule, stage: RunningStage = RunningStage.VALIDATING):
-    """The module in eval mode and its trainer in ``stage`` for a moment: no dropout, BatchNorm statistics
-    untouched, and batch hooks that augment while ``trainer.training`` leave these batches alone."""
-    was_training, state = module.training, getattr(module._trainer, "state", None)
+def eval_mode(module: LightningModule, stage: RunningStage | None = RunningStage.VALIDATING):
+    """The module in eval mode and its trainer in ``stage`` (``None``: left as it is) for a moment: no dropout,
+    BatchNorm statistics untouched, and batch hooks that augment while ``trainer.training`` leave these
+    batches alone."""
+    modes = [(m, m.training) for m in module.modules()]
+    state = getattr(module._trainer, "state", None) if stage else None
     saved = state.stage if state is not None else None
     module.eval()
     if state is not None:
@@ -48,9 +51,22 @@ def eval_mode(module: LightningModule, stage: RunningStage = RunningStage.VALIDA
     try:
         yield
     finally:
-        module.train(was_training)
+        for submodule, training in modes:  # each as it was: a part the user froze in eval mode stays so
+            submodule.training = training
         if state is not None:
             state.stage = saved
+
+
+def training_features(pl_module: Any, batch: Any) -> Tensor:
+    """``lossval_features(batch)`` of a training batch, as the validation side's are computed: without a
+    gradient and, when the module overrides it (features from the network), in eval mode with every random
+    generator kept, so that BatchNorm statistics, dropout masks and the training's random draws stay the
+    user's training's alone."""
+    with torch.no_grad():
+        if type(pl_module).lossval_features is LossValMixin.lossval_features:
+            return pl_module.lossval_features(batch)  # the flattened inputs: nothing of the network runs
+        with eval_mode(pl_module, None), random_state_kept(pl_module.device):
+            return pl_module.lossval_features(batch)
 
 
 @contextlib.contextmanager
@@ -164,8 +180,10 @@ def validation_data(
 
 
 def as_step_batch(batch: Any, trainer: Trainer, pl_module: LightningModule, loader_index: int = 0) -> Any:
-    """``batch`` as a step receives it: through the module's and DataModule's batch-transfer hooks and
-    onto the module's device, as Lightning's loops pass it on."""
+    """``batch`` as a step receives it: in the precision's dtype (``precision="64-true"``), through the
+    module's and DataModule's batch-transfer hooks and onto the module's device, as Lightning's loops
+    pass it on."""
+    batch = trainer.precision_plugin.convert_input(batch)
     batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=loader_index)
     return trainer.strategy.batch_to_device(batch, dataloader_idx=loader_index)
 

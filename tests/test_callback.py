@@ -240,7 +240,8 @@ def test_indexed_data_without_the_callback_warns(tmp_path, wrapped):
     data = IndexedDataModule(BlobData())
     if wrapped == "loader":  # trainer.fit(model, index_dataloader(loader)), as a user may wire it by hand
         data = index_dataloader(BlobData().train_dataloader())
-    with pytest.warns(UserWarning, match=r"no module is being fitted with one.*Add LossValCallback"):
+    said = r"no module is being fitted with one.*To fit, add LossValCallback.*to predict, test or validate, give the"
+    with pytest.warns(UserWarning, match=said):
         with pytest.raises(RuntimeError):
             trainer.fit(Net(), data)  # Net's training_step cannot unpack Indexed
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import random
 import re
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc
 
@@ -270,10 +272,12 @@ def test_a_spawning_strategy_is_refused_before_any_process_starts(tmp_path, caps
 
 
 def test_a_subcommand_the_model_cannot_run_and_a_root_under_a_file_end_with_one_error_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:  # the shipped models have no test_step
-        main(["test", "--config", str(CONFIGS / "default.yaml"), "--trainer.default_root_dir", str(tmp_path), *QUIET])
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith("lossval: error: No `test_step()` method"), err
+    for subcommand in ("test", "predict"):  # the shipped models have no test_step or predict_step
+        with pytest.raises(SystemExit) as exit_info:
+            main([subcommand, "--config", str(CONFIGS / "default.yaml"), "--trainer.default_root_dir", str(tmp_path)])
+        err = capsys.readouterr().err
+        said = f"lossval: error: lossval {subcommand} runs the model's {subcommand}_step on the data's {subcommand}"
+        assert exit_info.value.code == 2 and err.startswith(said) and "use lossval validate --ckpt_path" in err, err
     (tmp_path / "notes.txt").write_text("")
     with pytest.raises(SystemExit) as exit_info:
         run(tmp_path / "notes.txt" / "runs", "default.yaml")
@@ -358,6 +362,12 @@ def test_callback_listed_under_trainer_callbacks(tmp_path, capsys):
     with pytest.raises(SystemExit):  # options under lossval: too would be ambiguous
         main([*args, "--lossval.lr", "0.05"])
     assert "configured twice" in capsys.readouterr().err
+
+    # a shipped config has a lossval: block; a later config's "lossval: null" hands the callback to the listed one
+    (tmp_path / "null.yaml").write_text("lossval: null\n" + LISTED.split("model:")[0])
+    shipped = ["fit", "--config", str(CONFIGS / "default.yaml"), "--config", str(tmp_path / "null.yaml")]
+    cli = LossValCLI(args=[*shipped, "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    assert [c.show for c in cli.trainer.callbacks if isinstance(c, LossValCallback)] == [3]
 
 
 def test_own_model_gets_the_data_sizes_as_init_args(tmp_path, monkeypatch):
@@ -509,3 +519,22 @@ def test_shipped_configs_are_listed_written_and_found_by_name(tmp_path, monkeypa
         (package / "configs").mkdir(parents=True)
         m.setattr(cli, "__file__", str(package / "cli.py"))
         assert configs_dir() == package / "configs"
+
+
+def test_a_fit_ended_by_sigterm_exits_with_a_failure_status(monkeypatch):
+    def terminated(*args, **kwargs):
+        raise SIGTERMException  # what Lightning raises after a SIGTERM, once on_exception has saved the values
+
+    monkeypatch.setattr(cli, "LossValCLI", terminated)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "default.yaml")])
+    assert exit_info.value.code == 143  # 128 + SIGTERM, as a shell reports a process the signal ended
+
+
+@pytest.mark.parametrize("precision, space", [("64-true", "inputs"), ("bf16-true", "embedding")])
+def test_a_true_precision_values_and_predicts_every_row(tmp_path, precision, space):
+    # the rows read at fit end (predictions) and at its start (embedded validation rows) take the precision's dtype
+    args = ["--trainer.max_epochs", "1", "--trainer.precision", precision, "--model.init_args.lossval_space", space]
+    rows = read_values(run(tmp_path, "default.yaml", *args))
+    assert len(rows) == 1617 and all(r["prediction"] != "" for r in rows)
+    assert all(math.isfinite(float(r["value"])) for r in rows)

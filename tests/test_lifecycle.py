@@ -15,11 +15,14 @@ from helpers import TRAINER_ARGS, BlobData, Net, blobs
 from lightning.pytorch.callbacks import LearningRateFinder, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.tuner import Tuner
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, SubsetRandomSampler, TensorDataset
 
 from lightning_lossval import IndexedDataModule, LossValCallback, index_dataloader, patching
 from lightning_lossval.errors import ConfigError, DataError
+from lightning_lossval.metrics import detection_report
+from lightning_lossval.noise import flip_labels
 
 STORES = pytest.mark.parametrize("objective", ["paper", "default"], ids=["dense", "sparse"])
 PATCHABLE = {"training_step", "lr_scheduler_step", "clip_gradients", "on_load_checkpoint", "_lossval_callback"}
@@ -264,10 +267,12 @@ def test_two_optimizers_with_the_right_index_learn(tmp_path, objective, order):
 
 @STORES
 def test_rows_no_batch_visited_are_counted_and_reported(tmp_path, objective, capsys):
+    L.seed_everything(0, verbose=False)  # the network is made before fit seeds
     x, y = blobs(500)
+    labels, noisy = flip_labels(y[:400], 0.2, num_classes=3, seed=0)
     seen = torch.arange(0, 400, 2)
-    loader = DataLoader(TensorDataset(x[:400], y[:400]), batch_size=32, sampler=SubsetRandomSampler(seen.tolist()))
-    callback = LossValCallback(val_data=x[400:], objective=objective, show=3)
+    loader = DataLoader(TensorDataset(x[:400], labels), batch_size=32, sampler=SubsetRandomSampler(seen.tolist()))
+    callback = LossValCallback(val_data=x[400:], objective=objective, show=3, noisy_mask=noisy)
     fit(tmp_path, Net(), callback, index_dataloader(loader), epochs=2)
     visits = torch.zeros(400, dtype=torch.long)
     visits[seen] = 2
@@ -276,7 +281,7 @@ def test_rows_no_batch_visited_are_counted_and_reported(tmp_path, objective, cap
     assert torch.equal(callback.values[unseen], torch.ones(200)) and (callback.values[~unseen] != 1).all()
     with open(callback.values_path) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["rank", "index", "visits", "value", "flagged"]
+    assert list(rows[0]) == ["rank", "index", "noisy", "visits", "value", "flagged"]
     assert all(int(r["visits"]) == visits[int(r["index"])] for r in rows)
     flagged = [r for r in rows if r["flagged"] == "yes"]
     assert flagged and all(r["visits"] == "2" for r in flagged)  # the unmeasured 1.0s are never flagged
@@ -284,6 +289,9 @@ def test_rows_no_batch_visited_are_counted_and_reported(tmp_path, objective, cap
     printed = capsys.readouterr().out
     assert "200 of 400 rows were never in a training batch; their value 1.0 means unmeasured" in printed
     assert f"flags {len(flagged)} of the 200 measured rows (value <= " in printed
+    auroc = detection_report(callback.values[seen], noisy[seen])["auroc"]  # the unmeasured rows say nothing
+    assert f"detection of the {int(noisy[seen].sum())} known noisy samples among the 200 measured rows: " in printed
+    assert f"AUROC {auroc:.3f}" in printed and auroc > 0.8
 
 
 def test_the_printout_gives_the_two_means_cut_of_values_csv_and_the_tensorboard_command(tmp_path, capsys):
@@ -320,6 +328,26 @@ def test_runs_without_a_logger_keep_their_own_values_files(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert all(f"values of all samples: {path}" in printed for path in paths)
     assert "TensorBoard" not in printed  # no TensorBoard logger, no command to open one
+
+
+@pytest.mark.parametrize("objective", ["default", "paper"])
+def test_a_second_fit_of_one_trainer_keeps_the_first_fits_values_and_files(tmp_path, objective, caplog):
+    callback, logger = LossValCallback(objective=objective, show=0), TensorBoardLogger(tmp_path, name="", version=0)
+    model, data = Net(), IndexedDataModule(BlobData())
+    run = fit(tmp_path, model, callback, data, logger=logger)
+    first, first_file = callback.values, (tmp_path / "version_0" / "values.csv").read_text()
+    with caplog.at_level(logging.INFO):
+        run.fit(model, data)  # max_epochs is reached: this fit trains no batch (a notebook cell run twice)
+    assert "this fit trained on no batch" in caplog.text
+    assert torch.equal(callback.values, first) and torch.equal(callback.visits, torch.full((400,), 2))
+    assert (tmp_path / "version_0" / "values.csv").read_text() == first_file and not (
+        tmp_path / "version_0" / "lossval"
+    ).exists()
+    run.fit_loop.max_epochs = 3
+    run.fit(model, data)  # one more epoch: new values, into a folder of their own
+    assert callback.values_path == tmp_path / "version_0" / "lossval" / "version_0" / "values.csv"
+    assert torch.equal(callback.visits, torch.ones(400, dtype=torch.long))
+    assert (tmp_path / "version_0" / "values.csv").read_text() == first_file
 
 
 class OwnData(Net):
@@ -382,19 +410,20 @@ def test_values_that_cannot_be_written_where_asked_go_to_a_temporary_directory(t
     shutil.rmtree(callback.values_path.parent)
 
 
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SIGTERMException])  # Ctrl-C; timeout, a scheduler's limit
 @STORES
-def test_ctrl_c_keeps_the_values_learned_so_far(tmp_path, objective, capsys):
+def test_ctrl_c_keeps_the_values_learned_so_far(tmp_path, objective, capsys, interrupt):
     class Interrupted(Net):
         def training_step(self, batch, batch_idx):
             if self.current_epoch == 1 and batch_idx == 3:
-                raise KeyboardInterrupt
+                raise interrupt
             return super().training_step(batch, batch_idx)
 
     noisy = BlobData().noisy
     callback = LossValCallback(objective=objective, show=0, noisy_mask=noisy)
     handler = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into exit status 1 after on_exception
+        with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into exit status 1 after on_exception; SIGTERM is one
             fit(tmp_path, Interrupted(), callback, epochs=3)
     finally:
         signal.signal(signal.SIGINT, handler)  # Lightning ignores Ctrl-C after catching one

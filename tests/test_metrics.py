@@ -36,6 +36,9 @@ def test_flag_low_cuts_the_measured_values_and_flags_nothing_when_they_do_not_di
     for same in (torch.full((5,), 0.7), torch.tensor([0.3]), torch.zeros(0)):  # 2-means would still split these
         assert not flag_low(same).any()
     assert not flag_low(values, torch.tensor([True, False, False, False, False])).any()  # one measured row
+    risen = torch.tensor([0.9, 1.5, 1.02, 0.95, 1.6])  # the lower group holds a row the run raised above 1
+    assert flag_low(risen).tolist() == [True, False, True, True, False]
+    assert flag_low(risen, below=1.0).tolist() == [True, False, False, True, False]
 
 
 def test_values_csv_says_yes_or_no_for_flagged_and_noisy(tmp_path):
@@ -102,7 +105,7 @@ def test_the_printed_table_keeps_the_digits_of_large_and_small_targets():
         {"row": 9, "target": 0.000676, "prediction": "0.00071", "value": 0.5},
     ]
     lines = format_table(rows).splitlines()
-    assert lines[1].split() == ["3", "733556", "754362", "0.4123"]  # not 733555.7200 next to 7.544e+05
+    assert lines[1].split() == ["3", "733555.7", "754362", "0.4123"]  # not 733555.7200 next to 7.544e+05
     assert lines[2].split() == ["9", "0.000676", "0.00071", "0.5000"]  # not 0.0007
     tiny = format_table([{"row": 1, "value": -7e-8}, {"row": 2, "value": -0.00012}]).splitlines()
     assert tiny[1].split() == ["1", "0.0000"] and tiny[2].split() == ["2", "-0.0001"]  # no negative zero
@@ -113,3 +116,25 @@ def test_a_label_with_a_line_break_or_a_bar_stays_on_its_row_of_the_printed_tabl
     lines = format_table(rows).splitlines()
     assert len(lines) == 3 and lines[1].endswith("0.2500") and 'a "quoted"\\nlabel' in lines[1], lines
     assert format_table(rows, markdown=True).splitlines()[3] == "| 9 | x\\|y | 0.5000 |"
+
+
+def test_the_cut_line_says_when_it_flags_most_rows():
+    from lightning_lossval.run_report import _cut_line
+
+    values = torch.tensor([0.90, 0.91, 0.92, 0.93, 0.94, 1.2])  # a short run: most rows a little below the start
+    line = _cut_line(values, {"visits": [1] * 6}, 0, None)
+    assert "flags 5 of 6 rows (value <= 0.9400); that is most of them: the values barely separate yet" in line
+    assert "most of them" not in _cut_line(torch.tensor([0.5, 0.6, 1.0, 1.1, 1.2, 1.3]), {"visits": [1] * 6}, 0, None)
+
+
+def test_a_class_the_cut_takes_whole_is_named():
+    from lightning_lossval.run_report import _whole_classes
+
+    values = torch.tensor([0.2, 0.25, 0.3, 0.28, 1.1, 1.0, 1.2, 1.05, 0.99, 1.1, 1.15, 0.3])
+    targets = ["rare"] * 3 + ["common"] * 9  # the common class's one low row is not its whole class
+    lines = _whole_classes(values, {"target": targets, "visits": [2] * 12})
+    assert lines == [
+        "the cut flags 3 of the 3 rows of class 'rare': a rare or hard class can land low as a whole, its rows not "
+        "wrong; look at them before dropping any"
+    ]
+    assert _whole_classes(values, {"target": [float(i) for i in range(12)], "visits": [2] * 12}) == []  # regression

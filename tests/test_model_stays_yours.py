@@ -11,6 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.functional.classification import binary_auroc
 
 from lightning_lossval import LossValCallback, LossValMixin, index_dataloader
 from lightning_lossval.data import EpochRandomSampler
@@ -171,3 +172,52 @@ def test_reading_the_validation_set_leaves_the_random_generators_alone():
             assert (callback.values == 1).all()
         parameters.append(torch.cat([p.detach().flatten() for p in model.net.parameters()]))
     assert torch.equal(parameters[0], parameters[1])
+
+
+class EmbeddingNet(LossValMixin, L.LightningModule):
+    """Compares rows by its own encoder's output, which has BatchNorm and dropout (the README's recipe)."""
+
+    lossval_refresh_validation = True
+
+    def __init__(self):
+        super().__init__()
+        self.frozen = nn.BatchNorm1d(8)  # a part the user keeps in eval mode while the rest trains
+        self.encoder = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.3))
+        self.head = nn.Linear(16, 3)
+        self.draws: list[torch.Tensor] = []
+
+    def on_train_epoch_start(self):
+        self.frozen.eval()
+
+    def lossval_features(self, batch):
+        return self.encoder(self.frozen(batch[0]))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        self.draws.append(torch.rand(1))  # what the user's step draws from the global generator
+        return self.lossval_loss(F.cross_entropy(self.head(self.encoder(self.frozen(x))), y, reduction="none"))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=0.01)
+
+
+def test_features_from_the_network_leave_its_batchnorm_statistics_and_random_draws_alone(tmp_path):
+    x, y = blobs(400, seed=0)
+    labels, noisy = flip_labels(y[:300], 0.2, num_classes=3, seed=0)
+    rows = TensorDataset(x[:300], labels)
+    train = DataLoader(rows, batch_size=30, sampler=EpochRandomSampler(rows, seed=0))  # draws nothing global
+    runs = {}
+    for valued in (False, True):
+        L.seed_everything(0, verbose=False)
+        model, callback = EmbeddingNet(), LossValCallback(val_data=(x[300:], y[300:]), show=0)
+        trainer = L.Trainer(
+            max_epochs=2, logger=False, enable_checkpointing=False, callbacks=[callback] if valued else [],
+            default_root_dir=tmp_path, **TRAINER_ARGS,
+        )  # fmt: skip
+        trainer.fit(model, index_dataloader(train) if valued else train)
+        runs[valued] = model, callback
+    (plain, _), (model, callback) = runs[False], runs[True]
+    assert model.encoder[1].num_batches_tracked == plain.encoder[1].num_batches_tracked == 20  # one update per step
+    assert model.frozen.num_batches_tracked == plain.frozen.num_batches_tracked == 0  # the frozen part stayed frozen
+    assert torch.equal(torch.cat(model.draws), torch.cat(plain.draws))  # the features drew no random numbers
+    assert binary_auroc(-callback.values, noisy.int()) > 0.8

@@ -170,7 +170,7 @@ def test_regression_is_detected_standardised_and_formatted(tmp_path):
     raw = [float(r[1]) for r in rows]
     assert dm.row_columns()["target"] == raw
     shown = dm.format_target(y)
-    assert all(abs(float(s) - v) < 1e-3 and len(s.replace(".", "")) <= 6 for s, v in zip(shown, raw))  # 6 digits
+    assert all(abs(float(s) - v) < 1e-3 and len(s.replace(".", "")) <= 7 for s, v in zip(shown, raw))  # 7 digits
     assert dm.format_target(y[:, 0]) == dm.format_target(y)
     assert dm.format_target(dm.val_set.tensors[1]) == ["215.31"]  # columns in another order are matched by name
     torch.testing.assert_close(
@@ -272,7 +272,7 @@ def error_cases(tmp_path):
         (dict(train_df=ok, target="label"), r"the training DataFrame must be a pandas DataFrame, got str"),
         (dict(builtin="mnist"), r"unknown builtin dataset 'mnist'"),
         (dict(train_csv=ok, target="label", noise="labels"), r"--data.noise must be one of none, label"),
-        (dict(train_csv=ok, target="label", noise="label", noise_rate=1.5), r"--data.noise_rate .* within \[0, 1\]"),
+        (dict(train_csv=ok, target="label", noise="label", noise_rate=1.5), r"--data.noise_rate .* in \[0, 1\]"),
         (dict(train_csv=ok, target="label", val_fraction=1.0), r"--data.val_fraction must be strictly between 0 and 1"),
         (dict(train_csv=ok, target="label", task="ranking"), r"--data.task must be one of auto"),
         (dict(train_csv=ok, target="label", batch_size=0), r"--data.batch_size is the number of rows .*; got 0"),
@@ -746,3 +746,44 @@ def test_an_unknown_column_name_suggests_the_closest(tmp_path):
     ):
         with pytest.raises(DataError, match=message + r".*\.\.\. and \d+ more"):
             prepared(**{"train_csv": path, "target": "label", **kwargs})
+
+
+def test_tables_read_as_pandas_reads_them(tmp_path, recwarn):
+    pd = pytest.importorskip("pandas")
+    rows = animal_rows(40)
+    lines = [" id , size , code , label "]  # header names with spaces around them, as pandas keeps them
+    for i, (rid, size, _, label) in enumerate(rows):
+        lines.append(f"{rid},{size},{i % 3 + 1}_000,{label}")  # codes like 1_000: text to pandas, not numbers
+        if i == 5:
+            lines.append("   ")  # a line of spaces: blank, skipped
+    path = tmp_path / "t.csv"
+    path.write_text("\n".join(lines) + "\n")
+    frame = pd.read_csv(path)
+    assert not pd.api.types.is_numeric_dtype(frame[" code "]) and len(frame) == 40
+    dm = prepared(train_csv=str(path), target=" label ", id_column=" id ", categorical=None, val_fraction=0.2)
+    assert dm.feature_names == ["size", "code=1_000", "code=2_000", "code=3_000"]
+    columns = dm.row_columns()
+    assert columns["id"] == [frame[" id "][r].strip() for r in columns["row"]]  # rows line up with pandas'
+    for target in (None, ""):
+        with pytest.raises(DataError, match=r"--data.target names the column to predict, got .*set --data.target NAME"):
+            TabularDataModule(train_csv=str(path), target=target)
+
+
+def test_a_column_that_counts_the_rows_down_warns_too(tmp_path):
+    rows = [[str(40 - i), *row] for i, row in enumerate(animal_rows(40))]
+    path = write_csv(tmp_path / "t.csv", ["index", *HEADER], rows)
+    with pytest.warns(UserWarning, match=r"column 'index' .* counts the rows"):
+        prepared(train_csv=path, target="label", id_column="id")
+
+
+def test_a_number_forced_to_classes_is_told_to_try_regression_and_predictions_keep_their_digits(tmp_path):
+    rows = [[f"r{i}", f"{i * 0.37:.3f}", "red", f"{2642100 + i * 1.5}"] for i in range(30)]
+    path = write_csv(tmp_path / "t.csv", HEADER, rows)
+    with pytest.raises(
+        DataError, match=r"\(30 classes in 30 rows: if the target is a number to predict, set --data.task"
+    ):
+        prepared(train_csv=path, target="label", id_column="id", task="classification")
+    dm = prepared(train_csv=path, target="label", id_column="id", task="regression", val_fraction=0.2)
+    standardised = (torch.tensor([2642101.5, 2642143.5], dtype=torch.float64) - dm._target_mean) / dm._target_std
+    shown = dm.format_target(standardised.float())  # a float32's 7 digits, not 2.6421e+06
+    assert all("e" not in s and abs(float(s) - v) <= 1 for s, v in zip(shown, [2642101.5, 2642143.5])), shown

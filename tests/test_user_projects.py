@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_lossval import IndexedDataModule, LossValCallback, LossValMixin, index_dataloader
 from lightning_lossval.errors import ConfigError, DataError
+from lightning_lossval.metrics import detection_report
 from lightning_lossval.objective import balanced_by_class, class_balanced, weight_mass
 
 
@@ -488,3 +489,66 @@ def test_a_subset_training_set_names_each_rows_place_in_the_dataset_it_came_from
     assert len(rows) == 40
     for row in rows:
         assert int(row["dataset_row"]) == train.indices[10 + int(row["index"])]
+
+
+class LBFGSNet(Net):
+    """A module trained with LBFGS, which evaluates its closure (the training step) several times per step."""
+
+    def __init__(self, manual: bool):
+        super().__init__()
+        self.automatic_optimization = not manual
+
+    def training_step(self, batch, batch_idx):
+        if self.automatic_optimization:
+            return super().training_step(batch, batch_idx)
+        optimizer = self.optimizers()
+
+        def closure():
+            optimizer.zero_grad()
+            loss = super(LBFGSNet, self).training_step(batch, batch_idx)
+            self.manual_backward(loss)
+            return loss
+
+        optimizer.step(closure)
+
+    def configure_optimizers(self):
+        return torch.optim.LBFGS(self.parameters(), lr=0.5, max_iter=4)
+
+
+@pytest.mark.parametrize("manual", [False, True])
+def test_an_optimizer_that_evaluates_its_closure_again_steps_the_weights_once_per_batch(tmp_path, manual):
+    data, callback, steps = BlobData(), LossValCallback(show=0), []
+
+    class Evaluations(Callback):
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            steps.append(trainer.fit_loop.epoch_loop.total_batch_idx)
+
+    fit(tmp_path, LBFGSNet(manual), [callback, Evaluations()], IndexedDataModule(data), epochs=3)
+    assert len(steps) > len(set(steps)) == 3 * 13  # LBFGS evaluated its closure again on some batches
+    assert torch.equal(callback.visits, torch.full((400,), 3))  # one visit per batch, not per evaluation
+    assert detection_report(callback.values, data.noisy)["auroc"] > 0.9
+
+
+def test_the_bundled_cnn_takes_images_as_well_as_flat_rows():
+    from lightning_lossval.models import CNN
+
+    cnn, images = CNN(num_inputs=64, num_outputs=10, task="classification"), torch.randn(4, 1, 8, 8)
+    assert torch.equal(cnn(images), cnn(images.flatten(1)))
+    with pytest.raises(
+        DataError, match=r"the CNN takes rows of 64 values, flat or as \[1, 8, 8\] images .* \(4, 1, 7, 7\)"
+    ):
+        cnn(torch.randn(4, 1, 7, 7))
+
+
+def test_integer_features_such_as_token_ids_are_warned_about(tmp_path):
+    x, y = blobs(120)
+    ids = (x.abs() * 10).long()  # what a text batch's first element is: token ids, not coordinates
+    loader = index_dataloader(DataLoader(TensorDataset(ids, y), batch_size=30, shuffle=True))
+
+    class Tokens(Net):
+        def training_step(self, batch, batch_idx):
+            ids, y = batch
+            return self.lossval_loss(F.cross_entropy(self(ids.float()), y, reduction="none"))
+
+    with pytest.warns(UserWarning, match=r"features are integers \(torch.int64\).*override lossval_features"):
+        fit(tmp_path, Tokens(), [LossValCallback(val_data=(ids[:40], y[:40]), show=0)], loader)

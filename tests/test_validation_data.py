@@ -187,6 +187,7 @@ class Regressor(Net):
         x, y = batch
         losses = F.mse_loss(self(x), y.float().unsqueeze(1), reduction="none")  # [B, 1]
         losses = {
+            "[B, B]": F.mse_loss(self(x), y.float(), reduction="none") if self.shape == "[B, B]" else None,
             "[B, 1]": losses,
             "[B, 3]": losses.expand(-1, 3),
             "[2B]": torch.cat([losses, losses]).flatten(),
@@ -203,7 +204,11 @@ class Regressor(Net):
     "shape, message",
     [
         ("[B, 1]", r"shape \[32\], got \(32, 1\): one row per sample.*pass losses.squeeze\(1\) or losses.flatten\(\)"),
-        ("[B, 3]", r"got \(32, 3\): .*average the rest per sample with losses.flatten\(1\).mean\(1\)"),
+        (
+            "[B, 3]",
+            r"got \(32, 3\): .*average the rest per sample with losses.flatten\(1\).mean\(1\) \(per-token.*mask",
+        ),
+        ("[B, B]", r"got \(32, 32\): \[B, B\] is what a \[B, 1\] output and a \[B\] target broadcast to"),
         ("[2B]", r"got \(64,\): the first dimension must be.*losses.view\(32, -1\), then.*mask.sum\(1\)"),
         ("scalar", r"got \(\): the loss is already reduced; compute it with reduction='none'"),
     ],
