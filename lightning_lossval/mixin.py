@@ -60,7 +60,8 @@ class LossValMixin:
     lossval_refresh_validation: bool = False
     """``True`` when :meth:`lossval_features` depends on the module's parameters: the callback then
     recomputes the validation features (in eval mode) at the start of every training epoch instead
-    of once per fit."""
+    of once per fit, and computes the training batches' in eval mode too (no dropout, BatchNorm
+    statistics untouched)."""
 
     def lossval_loss(self, losses: Tensor, features: Tensor | None = None) -> Tensor:
         """Reduce per-sample ``losses`` ``[B]`` to the training loss.

@@ -27,7 +27,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_lossval.errors import DataError
-from lightning_lossval.mixin import LossValMixin
 
 MIN_VALIDATION_ROWS = 2  # the transport distance to a single point ranks samples by their distance to it, no more
 VALIDATION_HELP = (
@@ -58,14 +57,13 @@ def eval_mode(module: LightningModule, stage: RunningStage | None = RunningStage
 
 
 def training_features(pl_module: Any, batch: Any) -> Tensor:
-    """``lossval_features(batch)`` of a training batch, as the validation side's are computed: without a
-    gradient and, when the module overrides it (features from the network), in eval mode with every random
-    generator kept, so that BatchNorm statistics, dropout masks and the training's random draws stay the
-    user's training's alone."""
+    """``lossval_features(batch)`` of a training batch without a gradient and, when they come from the network
+    (``lossval_refresh_validation``), in eval mode, as the validation side's are: running the network for
+    them then neither updates BatchNorm statistics nor draws dropout masks from the training's generators."""
     with torch.no_grad():
-        if type(pl_module).lossval_features is LossValMixin.lossval_features:
-            return pl_module.lossval_features(batch)  # the flattened inputs: nothing of the network runs
-        with eval_mode(pl_module, None), random_state_kept(pl_module.device):
+        if not pl_module.lossval_refresh_validation:
+            return pl_module.lossval_features(batch)  # nothing of the network runs (the contract of the flag)
+        with eval_mode(pl_module, None):
             return pl_module.lossval_features(batch)
 
 
