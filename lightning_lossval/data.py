@@ -320,6 +320,8 @@ class IndexedDataModule(LightningDataModule):
                 if isinstance(datamodule, DataLoader)
                 else ""
             )
+            if isinstance(datamodule, type) and issubclass(datamodule, LightningDataModule):
+                loader = f": pass an instance, IndexedDataModule({datamodule.__name__}(...))"
             raise TypeError(f"IndexedDataModule wraps a LightningDataModule, got {type(datamodule).__name__}{loader}")
         super().__init__()
         self.seed = seed  # before datamodule: from then on, writes of names the wrapped module has go there
@@ -352,6 +354,14 @@ class IndexedDataModule(LightningDataModule):
     @property
     def hparams_initial(self):  # type: ignore[override]
         return self.datamodule.hparams_initial
+
+    @property
+    def _log_hyperparams(self) -> bool:  # whether the loggers get the wrapped module's hyperparameters
+        return self.__dict__["datamodule"]._log_hyperparams if "datamodule" in self.__dict__ else False
+
+    @_log_hyperparams.setter
+    def _log_hyperparams(self, value: bool) -> None:  # LightningDataModule.__init__ sets it on the wrapper
+        pass
 
     def prepare_data(self) -> None:
         self.datamodule.trainer = self.trainer

@@ -144,6 +144,11 @@ def weights_entry(module: Any, checkpoint: dict[str, Any]) -> None:
     current = module._parameters.get(WEIGHTS)
     if current is None:
         state.pop(WEIGHTS, None)  # an older checkpoint, loaded for inference: the values stay in the file
+        for saved in checkpoint.get("optimizer_states", []):  # a fit without the dense weights resumes it
+            groups = saved.get("param_groups", [])  # the dense weights' group is named like their parameter
+            dropped = {i for g in groups if g.get("name") == WEIGHTS for i in g["params"]}
+            saved["param_groups"] = [g for g in groups if g.get("name") != WEIGHTS]
+            saved["state"] = {i: v for i, v in saved.get("state", {}).items() if i not in dropped}
     elif saved is None:
         state[WEIGHTS] = current.detach()  # resuming a dense fit: the callback's state restores them
     elif saved.shape != current.shape:

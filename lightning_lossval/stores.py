@@ -28,11 +28,12 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from lightning_lossval.errors import ConfigError, DataError, ResumeError
+from lightning_lossval.mixin import WEIGHTS
 from lightning_lossval.presets import Preset, check_resume, describe
 from lightning_lossval.ranks import gather
 from lightning_lossval.updates import UpdateRule
 
-GROUP_NAME = "lossval_weights"
+GROUP_NAME = WEIGHTS  # the dense weights' param group, named like their parameter
 SPARSE_AUTO_THRESHOLD = 100_000  # sparse=None: the sparse store from this many training samples on
 
 
@@ -119,6 +120,14 @@ class DenseWeights(_Store):
         optimizer.add_param_group({"params": [self.weights], "lr": self.lr, "weight_decay": 0.0, "name": GROUP_NAME})
         self.visits = self.visits.to(self.weights.device)
         self.pending.clear()
+        # a resumed checkpoint written without the weights (no callback, or the sparse store) has no optimizer
+        # state for their group: it gets the group as it is now, so that Lightning's restore of it loads
+        saved = (getattr(trainer._checkpoint_connector, "_loaded_checkpoint", None) or {}).get("optimizer_states")
+        groups = saved[trainer.optimizers.index(optimizer)]["param_groups"] if saved else None
+        if groups is not None and len(groups) == len(optimizer.param_groups) - 1:
+            ids = [i for g in groups for i in g["params"]]
+            settings = {k: v for k, v in optimizer.param_groups[-1].items() if k != "params"}
+            groups.append({**settings, "params": [max(ids, default=-1) + 1]})
 
     def select(self, index: Tensor) -> Tensor:
         index = index.to(self.weights.device)

@@ -172,7 +172,8 @@ class TabularDataModule(LightningDataModule):
         # as the header's names, whose surrounding spaces are stripped like every cell's
         target, id_column = target.strip(), None if id_column is None else str(id_column).strip()
         categorical, drop_columns = ([str(n).strip() for n in c] if c else c for c in (categorical, drop_columns))
-        self.save_hyperparameters(ignore=["train_df", "val_df"])
+        # not for the loggers: the model's task (resolved) would clash with task "auto" (config.yaml has them all)
+        self.save_hyperparameters(ignore=["train_df", "val_df"], logger=False)
         self._frames = (train_df, val_df)
         sources = {"train_csv": train_csv, "train_df": train_df, "builtin": builtin}
         given = [name for name, value in sources.items() if value is not None]

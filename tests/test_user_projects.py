@@ -212,14 +212,24 @@ def test_a_copy_made_during_fit_is_the_plain_module(tmp_path, objective):
     fit(tmp_path / "again", plain, [], data=BlobData(n=96, n_val=40))  # trains without LossVal
 
 
-def test_resuming_a_checkpoint_written_without_the_callback_says_so(tmp_path, caplog):
+@pytest.mark.parametrize("objective", ["default", "paper"])  # paper: the weights are a group of the optimizer
+def test_resuming_a_checkpoint_written_without_the_callback_says_so(tmp_path, caplog, objective):
     fit(tmp_path, Net(), [ModelCheckpoint(dirpath=tmp_path / "ckpt")], data=BlobData(n=96, n_val=40))
     (path,) = (tmp_path / "ckpt").glob("*.ckpt")
-    cb = LossValCallback(export=False, show=0)
+    cb = LossValCallback(objective=objective, export=False, show=0)
     with caplog.at_level(logging.INFO):
         fit(tmp_path, Net(), [cb], epochs=2, ckpt_path=path)
     assert f"{path} holds no LossVal weights (written without this callback)" in caplog.text
-    assert cb.visits.tolist() == [1] * 96
+    assert cb.visits.tolist() == [1] * 96 and (cb.values != 1).all()
+
+
+def test_a_fit_without_the_callback_resumes_a_checkpoint_of_the_paper_objective(tmp_path):
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt")
+    fit(tmp_path, Net(), [LossValCallback(objective="paper", show=0), checkpoint])
+    saved = torch.load(checkpoint.best_model_path, weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert [g.get("name") for g in saved] == [None, "lossval_weights"]  # the dense weights' group is in the file
+    trainer = fit(tmp_path, Net(), [], data=BlobData(n=96, n_val=40), epochs=2, ckpt_path=checkpoint.best_model_path)
+    assert trainer.current_epoch == 2 and len(trainer.optimizers[0].param_groups) == 1
 
 
 def test_label_aware_targets_of_another_kind_than_the_validation_targets_are_named(tmp_path):
@@ -552,3 +562,17 @@ def test_integer_features_such_as_token_ids_are_warned_about(tmp_path):
 
     with pytest.warns(UserWarning, match=r"features are integers \(torch.int64\).*override lossval_features"):
         fit(tmp_path, Tokens(), [LossValCallback(val_data=(ids[:40], y[:40]), show=0)], loader)
+
+
+def test_the_wrapped_datamodules_hyperparameters_are_logged_as_without_the_wrapper(tmp_path):
+    class Blobs(BlobData):
+        def __init__(self, batch_size: int = 32, noise_rate: float = 0.2):
+            super().__init__(n=96, n_val=40, noise_rate=noise_rate, batch_size=batch_size)
+            self.save_hyperparameters()  # the usual form: the loggers get them
+
+    logger = L.pytorch.loggers.CSVLogger(tmp_path)
+    trainer = L.Trainer(max_epochs=1, logger=logger, callbacks=[LossValCallback(show=0)], **TRAINER_ARGS)
+    trainer.fit(Net(), IndexedDataModule(Blobs(batch_size=16)))
+    assert "batch_size: 16" in (tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text()
+    with pytest.raises(TypeError, match=r"got type: pass an instance, IndexedDataModule\(Blobs\(...\)\)"):
+        IndexedDataModule(Blobs)
