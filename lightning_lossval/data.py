@@ -177,6 +177,7 @@ class IndexedDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self._delivered = 0
         self._skip: tuple[int, int | None] = (0, None)  # (batches, epoch) to skip, from load_state_dict
+        self._saved_world = _world_size()  # the number of processes of the run whose state was loaded
 
     def __iter__(self):
         skip, self._skip, self._delivered = self._skip, (0, None), 0
@@ -188,6 +189,13 @@ class IndexedDataLoader(DataLoader):
         # epoch starts afresh; so does one whose saved state covers the whole loader.
         if skip >= len(self) or (epoch is not None and epoch != self._epoch()):
             skip = 0
+        if skip and self._saved_world != _world_size():
+            rank_zero_warn(
+                f"resuming in the middle of an epoch that {self._saved_world} process(es) started with "
+                f"{_world_size()}: each process skips the {skip} batches it counts as done, but the processes split "
+                "the rows differently, so some rows of this epoch are trained twice and others not at all (visits in "
+                "values.csv shows which); resume from an epoch-end checkpoint, or with the same number of processes"
+            )
         if not UNWRAPPING:
             rank_zero_warn(
                 "this loader's batches are Indexed(index, data) for LossValCallback, and no module is being fitted "
@@ -207,10 +215,15 @@ class IndexedDataLoader(DataLoader):
         return None
 
     def state_dict(self) -> dict[str, int | None]:
-        return {"delivered": self._delivered, "epoch": self._epoch()}
+        return {"delivered": self._delivered, "epoch": self._epoch(), "world": _world_size()}
 
     def load_state_dict(self, state_dict: dict[str, int | None]) -> None:
         self._skip = (int(state_dict["delivered"]), state_dict.get("epoch"))
+        self._saved_world = int(state_dict.get("world") or _world_size())  # older checkpoints did not say
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
 
 
 def default_seed() -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning as L
 import pytest
 import torch
@@ -351,3 +353,16 @@ def test_trainer_sees_every_index_once():
     assert module.train_indices != list(range(N))  # shuffled by the EpochRandomSampler
     assert module.val_batches == 2  # 6 val samples, batch size 3, passed through unindexed
     assert ("prepare_data",) in inner.calls and ("setup", "fit") in inner.calls and ("teardown", "fit") in inner.calls
+
+
+def test_a_mid_epoch_state_of_another_number_of_processes_is_resumed_with_a_warning():
+    loader = index_dataloader(DataLoader(TensorDataset(torch.arange(40.0)), batch_size=4, shuffle=True), seed=0)
+    loader.load_state_dict({"delivered": 3, "epoch": 0})  # this run's own state: nothing to say
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert len(list(loader)) == 7
+    assert not [w for w in caught if "process(es)" in str(w.message)]
+    assert loader.state_dict() == {"delivered": 10, "epoch": 0, "world": 1}
+    loader.load_state_dict({"delivered": 3, "epoch": 0, "world": 2})  # saved by a fit on two processes
+    with pytest.warns(UserWarning, match=r"epoch that 2 process\(es\) started with 1: each process skips the 3"):
+        assert len(list(loader)) == 7
