@@ -169,11 +169,12 @@ class TabularDataModule(LightningDataModule):
         super().__init__()
         if not isinstance(target, str) or not target.strip():
             raise DataError(f"--data.target names the column to predict, got {target!r}; set --data.target NAME")
-        # as the header's names, whose surrounding spaces are stripped like every cell's
-        target, id_column = target.strip(), None if id_column is None else str(id_column).strip()
-        categorical, drop_columns = ([str(n).strip() for n in c] if c else c for c in (categorical, drop_columns))
         # not for the loggers: the model's task (resolved) would clash with task "auto" (config.yaml has them all)
         self.save_hyperparameters(ignore=["train_df", "val_df"], logger=False)
+        names = [None if c is None else [str(n).strip() for n in c] for c in (categorical, drop_columns)]
+        # stripped, as the header's names are (LightningCLI's hparams are its config's raw values)
+        self.hparams.update(target=target.strip(), id_column=id_column and str(id_column).strip())
+        self.hparams.update(categorical=names[0], drop_columns=names[1])
         self._frames = (train_df, val_df)
         sources = {"train_csv": train_csv, "train_df": train_df, "builtin": builtin}
         given = [name for name, value in sources.items() if value is not None]
@@ -209,8 +210,7 @@ class TabularDataModule(LightningDataModule):
                 f"--data.val_fraction must be strictly between 0 and 1, got {val_fraction}; "
                 "or give a validation file with --data.val_csv"
             )
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
+        self.train_set = self.val_set = None  # TensorDatasets, made by prepare()
         self.num_features: int | None = None
         self.num_outputs: int | None = None  # output units: the number of classes, or 1 for regression
         self.num_classes: int | None = None  # None for regression

@@ -538,3 +538,11 @@ def test_a_true_precision_values_and_predicts_every_row(tmp_path, precision, spa
     rows = read_values(run(tmp_path, "default.yaml", *args))
     assert len(rows) == 1617 and all(r["prediction"] != "" for r in rows)
     assert all(math.isfinite(float(r["value"])) for r in rows)
+
+
+def test_column_names_given_with_the_spaces_pandas_keeps_are_found(tmp_path):
+    # pandas keeps " target " from a header written with spaces; the CLI hands the name over as typed
+    write_csv(tmp_path / "train.csv", [" id ", "x1", "x2", "color", " target "], customer_rows(120, seed=0))
+    args = ["--data.train_csv", str(tmp_path / "train.csv"), "--data.target", " target ", "--data.id_column", " id "]
+    rows = read_values(run(tmp_path, "csv.yaml", *args, "--trainer.max_epochs", "1"))
+    assert len(rows) == 108 and rows[0]["id"].startswith("c")
