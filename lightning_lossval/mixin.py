@@ -54,7 +54,9 @@ class LossValMixin:
     Override :meth:`lossval_features` to compare something other than the flattened inputs with
     the validation set; it is applied to training batches and to validation batches alike. When
     those features come from the network itself (an embedding), set
-    ``lossval_refresh_validation = True`` so that the validation features follow the network.
+    ``lossval_refresh_validation = True`` so that the validation features follow the network and
+    both sides are computed in eval mode (without it, running the network for them in the training
+    step updates BatchNorm statistics and draws dropout masks a second time).
     """
 
     lossval_refresh_validation: bool = False

@@ -90,22 +90,19 @@ class TaskModule(LossValMixin, L.LightningModule):
         with torch.no_grad():
             return self.embed(batch[0]).flatten(1)
 
-    def per_sample_losses(self, batch, hidden: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(losses [B], outputs)`` of a batch (from its :meth:`embed` ``hidden`` when given)."""
+    def per_sample_losses(self, batch) -> tuple[Tensor, Tensor]:
+        """``(losses [B], outputs)`` of a batch."""
         x, y = batch
-        out = self(x) if hidden is None else self.net[self._head_start() :](hidden)
+        out = self(x)
         if self.hparams.task == "classification":
             return cross_entropy(out, y, probabilities=self.probabilities), out
         return squared_error(out, y), out
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        if self.lossval_refresh_validation:  # one forward gives the loss and the transport's features
-            hidden = self.embed(batch[0])
-            losses, _ = self.per_sample_losses(batch, hidden)
-            loss = self.lossval_loss(losses, hidden.detach().flatten(1))
-        else:
-            losses, _ = self.per_sample_losses(batch)
-            loss = self.lossval_loss(losses)
+        # with lossval_space="embedding" the callback embeds the batch in eval mode, as it does the validation
+        # rows (this forward's hidden layer carries dropout's masks and scaling)
+        losses, _ = self.per_sample_losses(batch)
+        loss = self.lossval_loss(losses)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
@@ -188,19 +185,19 @@ class MLP(TaskModule):
 
 
 class _Images(nn.Module):
-    """Each row as an image of ``shape`` (channels, height, width): rows of that many values, flattened or
-    already images."""
+    """Each row as an image of ``shape`` (channels, height, width): rows of that many values, flat or already
+    such images; anything else (channels-last images) is refused rather than scrambled."""
 
     def __init__(self, shape: list[int]) -> None:
         super().__init__()
         self.shape = shape
 
     def forward(self, x: Tensor) -> Tensor:
-        if x[0].numel() != math.prod(self.shape):
+        if (x.dim() != 2 or x.shape[1] != math.prod(self.shape)) and list(x.shape[1:]) != list(self.shape):
             raise DataError(
                 f"the CNN takes rows of {math.prod(self.shape)} values, flat or as {self.shape} images (its "
-                f"image_shape), and got a batch of {tuple(x.shape)}; set image_shape to the rows' (channels, height, "
-                "width)"
+                f"image_shape: channels first), and got a batch of {tuple(x.shape)}; set image_shape to the rows' "
+                "(channels, height, width), or move channels-last images' channels first (x.permute(0, 3, 1, 2))"
             )
         return x.reshape(x.shape[0], *self.shape)
 

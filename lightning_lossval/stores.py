@@ -302,12 +302,17 @@ AVERAGING = tuple(getattr(callbacks, n) for n in _AVERAGING if hasattr(callbacks
 
 
 def check_dense_setup(trainer: Trainer, pl_module: Any, store: _Store, optimizer: Optimizer) -> None:
-    """Refuse what the dense weights, a parameter of the module, would break: weight averaging (the
-    averaged copy has one parameter less, so parameters pair up shifted), and LR schedulers of the
-    optimizer they join under manual optimization (``scheduler.step()`` would change their learning
-    rate, or fail on their group)."""
+    """Refuse what the dense weights, a parameter of the module, would break: LBFGS (one param group only),
+    weight averaging (the averaged copy has one parameter less, so parameters pair up shifted), and LR
+    schedulers of the optimizer they join under manual optimization (``scheduler.step()`` would change
+    their learning rate, or fail on their group)."""
     if store.sparse:
         return
+    if isinstance(optimizer, torch.optim.LBFGS):
+        raise ConfigError(
+            "LBFGS takes one param group, and this objective's weights join your optimizer as a second; use "
+            "objective='default' (its weights stay out of your optimizer) with LBFGS"
+        )
     averaging = [type(c).__name__ for c in trainer.callbacks if isinstance(c, AVERAGING)]
     if averaging:
         raise ConfigError(

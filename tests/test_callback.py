@@ -532,16 +532,19 @@ def test_embedding_space_follows_the_network_every_epoch(tmp_path, space):
     sizes = dict(task="classification", num_inputs=8, num_outputs=3)
     model = MLP(layers=3, width=16, dropout=0.5, lossval_space=space, **sizes)
     calls = []
-    model.lossval_features = lambda batch, features=model.lossval_features: calls.append(1) or features(batch)
+    model.lossval_features = lambda batch, features=model.lossval_features: (
+        calls.append(model.training) or features(batch)
+    )
     callback = LossValCallback()
     spy = _ValidationSpy(callback, x_val)
     fit(tmp_path, model=model, data=IndexedDataModule(data), epochs=3, callback=callback, callbacks=[spy])
     features = [f for f, _, _ in spy.seen]
     validation_batches = len(data.val_dataloader())
-    if space == "embedding":  # training batches take their features from the loss's own forward pass
-        assert len(calls) == 3 * validation_batches
-    else:
-        assert len(calls) == validation_batches + 3 * len(data.train_dataloader())
+    # every training batch's features come from lossval_features (the embedding in eval mode: dropout is on);
+    # the validation rows' once per fit, or with the embedding at every epoch start
+    refreshes = 3 if space == "embedding" else 1
+    assert len(calls) == refreshes * validation_batches + 3 * len(data.train_dataloader())
+    assert not any(calls) if space == "embedding" else any(calls)  # the network's features: in eval mode only
     for got, expected, training in spy.seen:  # eval-mode features of this epoch's network; training resumes after
         assert torch.allclose(got, expected, atol=1e-6) and training
     if space == "inputs":

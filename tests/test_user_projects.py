@@ -525,6 +525,11 @@ class LBFGSNet(Net):
         return torch.optim.LBFGS(self.parameters(), lr=0.5, max_iter=4)
 
 
+def test_lbfgs_with_the_paper_objective_is_refused_saying_why(tmp_path):
+    with pytest.raises(ConfigError, match=r"LBFGS takes one param group, and this objective's weights join"):
+        fit(tmp_path, LBFGSNet(manual=False), [LossValCallback(objective="paper", show=0)])
+
+
 @pytest.mark.parametrize("manual", [False, True])
 def test_an_optimizer_that_evaluates_its_closure_again_steps_the_weights_once_per_batch(tmp_path, manual):
     data, callback, steps = BlobData(), LossValCallback(show=0), []
@@ -548,6 +553,11 @@ def test_the_bundled_cnn_takes_images_as_well_as_flat_rows():
         DataError, match=r"the CNN takes rows of 64 values, flat or as \[1, 8, 8\] images .* \(4, 1, 7, 7\)"
     ):
         cnn(torch.randn(4, 1, 7, 7))
+    colour = CNN(image_shape=[3, 8, 8], num_inputs=192, num_outputs=10, task="classification")
+    with pytest.raises(
+        DataError, match=r"\(4, 8, 8, 3\); set image_shape .*channels first \(x.permute\(0, 3, 1, 2\)\)"
+    ):
+        colour(torch.randn(4, 8, 8, 3))  # channels last, as NumPy and PIL give them: refused, not scrambled
 
 
 def test_integer_features_such_as_token_ids_are_warned_about(tmp_path):
