@@ -113,11 +113,18 @@ class DenseWeights(_Store):
         self.lr = lr
 
     def start(self, trainer: Trainer, optimizer: Optimizer) -> None:
-        """Give the weights their own param group (own lr, no weight decay), out of the user's groups."""
-        for group in optimizer.param_groups:
-            group["params"] = [p for p in group["params"] if p is not self.weights]
-        optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
-        optimizer.add_param_group({"params": [self.weights], "lr": self.lr, "weight_decay": 0.0, "name": GROUP_NAME})
+        """Give the weights their own param group (own lr, no weight decay), out of the user's groups; one a
+        callback restored before this (``BaseFinetuning`` re-creates the saved groups in their order) stays
+        where it is, so that the saved optimizer state still pairs up."""
+        if not any(
+            g.get("name") == GROUP_NAME and [id(p) for p in g["params"]] == [id(self.weights)]
+            for g in optimizer.param_groups
+        ):
+            for group in optimizer.param_groups:
+                group["params"] = [p for p in group["params"] if p is not self.weights]
+            optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+            group = {"params": [self.weights], "lr": self.lr, "weight_decay": 0.0, "name": GROUP_NAME}
+            optimizer.add_param_group(group)
         self.visits = self.visits.to(self.weights.device)
         self.pending.clear()
         # a resumed checkpoint written without the weights (no callback, or the sparse store) has no optimizer

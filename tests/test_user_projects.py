@@ -586,3 +586,28 @@ def test_the_wrapped_datamodules_hyperparameters_are_logged_as_without_the_wrapp
     assert "batch_size: 16" in (tmp_path / "lightning_logs" / "version_0" / "hparams.yaml").read_text()
     with pytest.raises(TypeError, match=r"got type: pass an instance, IndexedDataModule\(Blobs\(...\)\)"):
         IndexedDataModule(Blobs)
+
+
+def test_a_finetuning_callback_that_restores_the_optimizer_groups_first_resumes_the_paper_objective(tmp_path):
+    from lightning.pytorch.callbacks import BackboneFinetuning
+
+    class Backboned(Net):  # BackboneFinetuning adds the backbone's group to the optimizer at epoch 1
+        def __init__(self):
+            super().__init__()
+            self.backbone = self.net[0]
+
+        def configure_optimizers(self):
+            return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=0.01)
+
+    def run(epochs, ckpt_path=None):
+        last = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+        finetuning, callback = (
+            BackboneFinetuning(unfreeze_backbone_at_epoch=1),
+            LossValCallback(objective="paper", show=0),
+        )
+        return fit(tmp_path, Backboned(), [finetuning, callback, last], epochs=epochs, ckpt_path=ckpt_path)
+
+    run(2)
+    trainer = run(3, tmp_path / "last.ckpt")  # the finetuning callback re-creates the saved groups before ours
+    assert trainer.current_epoch == 3
+    assert [g.get("name") for g in trainer.optimizers[0].param_groups] == [None, "lossval_weights", None]
