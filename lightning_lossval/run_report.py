@@ -160,15 +160,17 @@ def print_report(
     if rows:
         lines += [f"\nLossVal: the {len(rows)} lowest-valued of {len(values)} training samples (lowest first)"]
         lines += [format_table(rows)]
-    unseen = sum(v == 0 for v in columns.get("visits", ()))
+    measured = torch.as_tensor(columns.get("visits", [1] * len(values))) > 0  # unmeasured rows say nothing
+    unseen = int((~measured).sum())
     if unseen:
         lines.append(
             f"{unseen} of {len(values)} rows were never in a training batch; their value 1.0 means unmeasured "
             "(visits = 0 in values.csv)"
         )
-    lines += [_cut_line(values, columns, unseen, values_path), *_whole_classes(values, columns)] if rows else []
+    if rows:  # show=0: no rows, no cut
+        flagged = flagged_rows(values, columns)
+        lines += [_cut_line(values, flagged, unseen, values_path), *_whole_classes(flagged, measured, columns)]
     if noisy is not None:
-        measured = torch.as_tensor(columns.get("visits", [1] * len(values))) > 0  # unmeasured rows say nothing
         among = f" among the {len(values) - unseen} measured rows" if unseen else ""
         metrics = detection_report(values[measured], noisy[measured])
         known = f"{int(noisy[measured].sum())} known noisy samples{among}"
@@ -188,14 +190,13 @@ def print_report(
             logger.experiment.flush()
 
 
-def _whole_classes(values: Tensor, columns: dict[str, list]) -> list[str]:
-    """A line for each class (a ``target`` column of class names) the suggested cut takes almost whole: a rare
-    or hard class whose clean rows all have higher losses lands low as a whole, and dropping the flagged rows
-    would drop the class."""
-    targets, flagged = columns.get("target"), flagged_rows(values, columns).tolist()
+def _whole_classes(flagged: Tensor, measured: Tensor, columns: dict[str, list]) -> list[str]:
+    """A line for each class (a ``target`` column of class names) the ``flagged`` cut takes almost whole of
+    its ``measured`` rows: a rare or hard class whose clean rows all have higher losses lands low as a whole,
+    and dropping the flagged rows would drop the class."""
+    targets, flagged, measured = columns.get("target"), flagged.tolist(), measured.tolist()
     if not targets or not all(isinstance(t, str) for t in targets) or not any(flagged):
         return []
-    measured = [v > 0 for v in columns.get("visits", [1] * len(values))]
     share, lines = sum(flagged) / sum(measured), []
     for name in sorted(set(targets)):
         rows = [f for f, t, m in zip(flagged, targets, measured) if t == name and m]
@@ -207,9 +208,9 @@ def _whole_classes(values: Tensor, columns: dict[str, list]) -> list[str]:
     return lines
 
 
-def _cut_line(values: Tensor, columns: dict[str, list], unseen: int, values_path: Path | None) -> str:
-    """The line on :func:`~lightning_lossval.report.flagged_rows`: how many rows, below which value."""
-    flagged = flagged_rows(values, columns)
+def _cut_line(values: Tensor, flagged: Tensor, unseen: int, values_path: Path | None) -> str:
+    """The line on the ``flagged`` rows (:func:`~lightning_lossval.report.flagged_rows`): how many, below which
+    value."""
     if not flagged.any():
         return "suggested cut: none; the measured rows' values do not split into a lower group below the start, 1.0"
     rows = f"the {len(values) - unseen} measured rows" if unseen else f"{len(values)} rows"

@@ -60,11 +60,10 @@ def training_features(pl_module: Any, batch: Any) -> Tensor:
     """``lossval_features(batch)`` of a training batch without a gradient and, when they come from the network
     (``lossval_refresh_validation``), in eval mode, as the validation side's are: running the network for
     them then neither updates BatchNorm statistics nor draws dropout masks from the training's generators."""
-    with torch.no_grad():
-        if not pl_module.lossval_refresh_validation:
-            return pl_module.lossval_features(batch)  # nothing of the network runs (the contract of the flag)
-        with eval_mode(pl_module, None):
-            return pl_module.lossval_features(batch)
+    # without the flag nothing of the network runs (its contract), and switching modes would only cost time
+    modes = eval_mode(pl_module, None) if pl_module.lossval_refresh_validation else contextlib.nullcontext()
+    with torch.no_grad(), modes:
+        return pl_module.lossval_features(batch)
 
 
 @contextlib.contextmanager

@@ -119,22 +119,28 @@ def test_a_label_with_a_line_break_or_a_bar_stays_on_its_row_of_the_printed_tabl
 
 
 def test_the_cut_line_says_when_it_flags_most_rows():
+    from lightning_lossval.report import flagged_rows
     from lightning_lossval.run_report import _cut_line
 
+    def cut_line(values):
+        return _cut_line(values, flagged_rows(values, {"visits": [1] * 6}), 0, None)
+
     values = torch.tensor([0.90, 0.91, 0.92, 0.93, 0.94, 1.2])  # a short run: most rows a little below the start
-    line = _cut_line(values, {"visits": [1] * 6}, 0, None)
+    line = cut_line(values)
     assert "flags 5 of 6 rows (value <= 0.9400); that is most of them: the values barely separate yet" in line
-    assert "most of them" not in _cut_line(torch.tensor([0.5, 0.6, 1.0, 1.1, 1.2, 1.3]), {"visits": [1] * 6}, 0, None)
+    assert "most of them" not in cut_line(torch.tensor([0.5, 0.6, 1.0, 1.1, 1.2, 1.3]))
 
 
 def test_a_class_the_cut_takes_whole_is_named():
+    from lightning_lossval.report import flagged_rows
     from lightning_lossval.run_report import _whole_classes
 
     values = torch.tensor([0.2, 0.25, 0.3, 0.28, 1.1, 1.0, 1.2, 1.05, 0.99, 1.1, 1.15, 0.3])
     targets = ["rare"] * 3 + ["common"] * 9  # the common class's one low row is not its whole class
-    lines = _whole_classes(values, {"target": targets, "visits": [2] * 12})
+    flagged, measured = flagged_rows(values, {"visits": [2] * 12}), torch.ones(12, dtype=torch.bool)
+    lines = _whole_classes(flagged, measured, {"target": targets})
     assert lines == [
         "the cut flags 3 of the 3 rows of class 'rare': a rare or hard class can land low as a whole, its rows not "
         "wrong; look at them before dropping any"
     ]
-    assert _whole_classes(values, {"target": [float(i) for i in range(12)], "visits": [2] * 12}) == []  # regression
+    assert _whole_classes(flagged, measured, {"target": [float(i) for i in range(12)]}) == []  # regression
