@@ -9,7 +9,8 @@ fills ``num_outputs`` and ``task``) and leave them out of the config: the CLI bu
 DataModule first and passes its sizes, so the layers exist in ``__init__`` (``--optimizer``
 and ``--lr_scheduler`` work), and ``save_hyperparameters`` keeps them in the checkpoint
 (``Classifier.load_from_checkpoint(path)`` needs no data). The module must be importable: run
-from its folder, or put that folder on ``PYTHONPATH``.
+``lossval`` from its folder (the command imports from the folder it runs in, after the installed
+packages), or put that folder on ``PYTHONPATH``.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ options (presets, :class:`Objective`, :class:`Sinkhorn`, the update rules) and t
 """
 
 from lightning_lossval.callback import LossValCallback
-from lightning_lossval.data import IndexedDataModule, index_dataloader
+from lightning_lossval.data import index_dataloader
+from lightning_lossval.datamodule import IndexedDataModule
 from lightning_lossval.errors import ConfigError, DataError, LossValError, ResumeError
 from lightning_lossval.mixin import LossValMixin
 from lightning_lossval.objective import Objective, lossval_objective

@@ -110,7 +110,7 @@ def check_first_batch(
             f"are {_kind(labels)} and the validation set's {_kind(validation.labels)}: give both the same way "
             "(class indices [N], or numeric [N, K] targets such as one-hot rows on both sides)"
         )
-    if not features.is_floating_point():
+    if not features.is_floating_point() and features.dtype != torch.uint8:  # uint8: pixels, which have a scale
         rank_zero_warn(
             f"the training batch's features are integers ({features.dtype}): LossVal compares rows by their "
             "distances in feature space, which for token ids or category codes mean nothing; override "

@@ -54,7 +54,7 @@ from typing_extensions import override
 
 from lightning_lossval import patching
 from lightning_lossval.batches import INDEX_HELP, batch_features, check_first_batch
-from lightning_lossval.data import Indexed, IndexedDataset, several_loaders_error
+from lightning_lossval.data import Indexed, IndexedDataset, load_pending_state, several_loaders_error
 from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.mixin import WEIGHTS, LossValMixin
 from lightning_lossval.objective import Objective, lossval_objective, prepare_validation
@@ -127,11 +127,9 @@ class LossValCallback(Callback):
         update: an update rule (``lightning_lossval.updates``) replacing the preset's.
         optimizer_index: which of the module's optimizers the weights' steps go with (under manual
             optimization: the one that steps after the LossVal loss's backward).
-        log_every_n_steps: histogram and scalar cadence in optimizer steps (default: the
-            Trainer's ``log_every_n_steps``); 0 logs at epoch ends only.
-        export: write ``values.csv`` and ``values.pt`` at the end of fit into the logger's log directory
-            (or a new ``lossval/version_N``, see ``run_report.values_dir``); a fit that trains no batch
-            writes none, and its callback keeps the values of its fit before.
+        log_every_n_steps: histogram and scalar cadence in optimizer steps (default: the Trainer's); 0: epoch ends.
+        export: write ``values.csv`` and ``values.pt`` at the end of fit (``run_report.values_dir`` says where);
+            a fit that trains no batch writes none, and its callback keeps the values of its fit before.
         noisy_mask: ``[N]`` bool, the rows known to be corrupted (default: the DataModule's
             ``noisy_mask`` attribute, if any); enables the detection metrics.
         show: how many of the lowest-valued rows to print and log as text at the end of fit.
@@ -158,7 +156,6 @@ class LossValCallback(Callback):
         _check_show(show)
         self.val_data, self.optimizer_index, self.log_every_n_steps = val_data, optimizer_index, log_every_n_steps
         self.export, self.noisy_mask, self.show, self.sparse = export, noisy_mask, show, sparse
-        self.columns: dict[str, list] = {}
         self.in_training_step, self.values_path = False, None  # values_path: where this fit's values.csv went
         self._store = self._previous = None  # DenseWeights | SparseWeights: this fit's, and the fit before's
         self._fitting = self._started = False  # between setup and teardown of fit; after on_fit_start
@@ -177,6 +174,11 @@ class LossValCallback(Callback):
         return self._store.values().detach().float().cpu().clone()
 
     @property
+    def columns(self) -> dict[str, list]:
+        """``values.csv``'s columns besides the values (``row``, ``id``, ``target``, ``visits``...), of the same fit."""
+        return {} if self._store is None else self._store.columns
+
+    @property
     def visits(self) -> Tensor:
         """How many times each sample was in a training batch, ``[N]`` long on the CPU (0: never measured)."""
         if self._store is None:
@@ -188,8 +190,7 @@ class LossValCallback(Callback):
         return values_table(check_finite(self.values, "export", self.preset.update), self.columns, limit)
 
     def to_csv(self, path: str | os.PathLike) -> Path | None:
-        """Write :meth:`table` as CSV, atomically (a crash never leaves a truncated file); after a DDP fit
-        only on global rank zero, which knows every column (the others write nothing, return None)."""
+        """Write :meth:`table` as CSV atomically; after a DDP fit only on global rank zero (others: None)."""
         return write_csv(path, self.table()) if self._rank_zero else None
 
     def save_values(self, directory: str | os.PathLike) -> Path | None:
@@ -259,7 +260,7 @@ class LossValCallback(Callback):
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         check_finite(self._store.values(), f"epoch {trainer.current_epoch}", self.preset.update)  # no copy
-        check_applied(self._store, self.optimizer_index, trainer.current_epoch, self.preset.update)
+        check_applied(self._store, self.optimizer_index, trainer, self.preset.update)
         self._log(trainer)
         if self._noisy is not None and trainer.is_global_zero:
             log_detection(trainer, self.values, self._noisy, self.visits > 0)
@@ -272,7 +273,7 @@ class LossValCallback(Callback):
         directory = values_dir(trainer) if self.export else None  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
-        self.columns = {**row_columns(trainer, pl_module, self._noisy), "visits": self.visits.tolist()}
+        self._store.columns = {**row_columns(trainer, pl_module, self._noisy), "visits": self.visits.tolist()}
         values = check_finite(self.values, "export", self.preset.update)
         if directory is not None:
             self.values_path = save_values_somewhere(directory, values, self.columns)
@@ -297,6 +298,7 @@ class LossValCallback(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        load_pending_state(trainer)
         if trainer.ckpt_path and not self._resumed:  # after every strategy's restore
             rank_zero_info(f"LossValCallback: {trainer.ckpt_path} {FRESH_WEIGHTS}")
 
@@ -341,17 +343,15 @@ class LossValCallback(Callback):
 
     # ------------------------------------------------------------------ helpers
     def _prepare_validation(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """The validation side of the objective from the module as it is now."""
         objective = self.preset.objective
         features, labels = validation_data(self.val_data, trainer, pl_module, objective.label_weight > 0)
         self._validation = prepare_validation(features, labels, objective)
         self._validation_epoch = trainer.current_epoch
 
     def _log(self, trainer: Trainer) -> None:
-        if not trainer.is_global_zero or not trainer.loggers or trainer.global_step == self._last_logged_step:
-            return
-        self._last_logged_step = trainer.global_step
-        log_weights(trainer, self._store.values())
+        if trainer.is_global_zero and trainer.loggers and trainer.global_step != self._last_logged_step:
+            self._last_logged_step = trainer.global_step
+            log_weights(trainer, self._store.values())
 
 
 def _count_train_samples(trainer: Trainer) -> int:

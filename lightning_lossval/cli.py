@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import shutil
 import signal
 import sys
@@ -38,7 +39,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException, SI
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_lossval.callback import LossValCallback
-from lightning_lossval.data import IndexedDataModule
+from lightning_lossval.datamodule import IndexedDataModule
 from lightning_lossval.errors import ConfigError, LossValError
 from lightning_lossval.ranks import check_strategy
 
@@ -153,8 +154,8 @@ class LossValCLI(LightningCLI):
                     if ckpt is not None:  # LightningCLI took the model's hyperparameters from the checkpoint
                         raise ConfigError(
                             f"the checkpoint {ckpt} holds a model with {parameter} = {own!r}, but the data has "
-                            f"{DATA_SIZES[parameter]} = {data!r}: it was made on other data and cannot resume on "
-                            "this; give the training data it was made with, or start without --ckpt_path"
+                            f"{DATA_SIZES[parameter]} = {data!r}: it was made on other data and does not fit "
+                            "this; give the training data it was made with, or run without --ckpt_path"
                         )
                     raise ConfigError(
                         f"model.init_args.{parameter} is {own!r} (from your config or {class_type.__name__}'s "
@@ -191,11 +192,15 @@ class LossValCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         listed = config.get("callbacks") or []
         listed = listed if isinstance(listed, list) else [listed]
-        if any(isinstance(c, LossValCallback) for c in listed):
+        count = sum(isinstance(c, LossValCallback) for c in listed)
+        if count > 1:
+            raise ConfigError(f"trainer.callbacks lists LossValCallback {count} times; keep one")
+        if count:
             parser = self._parser(self.subcommand)
             if self._get(self.config, "lossval") != parser.get_defaults().get("lossval"):
                 raise ConfigError(
-                    "LossValCallback is configured twice, under trainer.callbacks and under lossval:; keep one"
+                    "LossValCallback is configured twice, under trainer.callbacks and under lossval:; keep one (to "
+                    "drop the lossval: block of an earlier --config, add a later --config file saying lossval: null)"
                 )
             callbacks = [c for c in callbacks if not isinstance(c, LossValCallback)]
         return super()._instantiate_trainer(config, callbacks)
@@ -275,6 +280,8 @@ def _user_error(error: BaseException | None) -> BaseException | None:
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lossval`` console script."""
     given = sys.argv[1:] if args is None else list(args)
+    if os.getcwd() not in sys.path:  # --model my_project.model.Net from the project's folder (after installed ones)
+        sys.path.append(os.getcwd())
     try:
         if given[:1] == ["configs"]:
             configs_command(given[1:])

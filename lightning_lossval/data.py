@@ -18,10 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data.dataloader import default_collate
@@ -29,7 +27,6 @@ from torch.utils.data.dataloader import default_collate
 from lightning_lossval.errors import DataError
 
 BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
-EVAL_LOADERS = ("val_dataloader", "test_dataloader", "predict_dataloader")
 UNWRAPPING: weakref.WeakSet = weakref.WeakSet()
 """The modules whose training step takes the indices off the batches (``patching.patch`` adds a
 module, ``patching.restore`` removes it): with none, an indexed batch would reach a user's step."""
@@ -89,7 +86,9 @@ def _leaves(item: Any) -> list[torch.Tensor]:
         return []
     if isinstance(item, torch.Tensor):
         return [item]
-    if isinstance(item, (int, float, np.ndarray, np.number)) and not isinstance(item, bool):
+    if isinstance(item, float):  # as default_collate stacks Python floats: float64
+        return [torch.tensor(item, dtype=torch.float64)]
+    if isinstance(item, (int, np.ndarray, np.number)) and not isinstance(item, bool):
         return [torch.as_tensor(item)]
     if isinstance(item, Mapping):
         item = list(item.values())
@@ -101,22 +100,31 @@ def _leaves(item: Any) -> list[torch.Tensor]:
 def check_collate_order(samples: list, batch: Any, rows: int = 8) -> None:
     """Refuse a collated ``batch`` whose rows are ``samples`` in another order (a ``collate_fn`` that
     sorts them, by length say), so that row ``i`` is not sample ``i``. Read from the batch alone (the
-    collate is not called again): when its tensors line up with the samples' (one ``[B, ...]`` tensor
-    per tensor or number of a sample, e.g. padded), a row holds a sample when the sample fills its
-    leading part. The first ``rows`` rows are checked; a batch that holds no sample as it was
-    (normalised, tokenised) is not judged."""
-    n, columns, parts = len(samples), _leaves(batch), [_leaves(sample) for sample in samples]
-    lined_up = all(c.dim() > 0 and c.shape[0] == n for c in columns) and all(len(p) == len(columns) for p in parts)
-    if n < 2 or not columns or not lined_up:
+    collate is not called again): a row holds a sample when the sample's tensors and numbers, in their
+    order, fill the leading part of that row of the batch's ``[B, ...]`` tensors, in theirs (padded,
+    say), some of which may hold none (lengths or an attention mask the collate adds). The first
+    ``rows`` rows are checked; a batch that holds no sample as it was (normalised, tokenised, a
+    sample's list of numbers stacked into one tensor) is not judged."""
+    n, parts = len(samples), [_leaves(sample) for sample in samples]
+    columns = [c for c in _leaves(batch) if c.dim() > 0 and c.shape[0] == n]
+    if n < 2 or not columns or not all(parts):
         return
 
-    def holds(row: int, sample: int) -> bool:  # the sample fills the leading part of the row
-        return all(
-            p.dim() == c[row].dim()
-            and all(a <= b for a, b in zip(p.shape, c[row].shape))
-            and torch.equal(c[row][tuple(slice(0, k) for k in p.shape)].cpu(), p.to(c.dtype).cpu())
-            for c, p in zip(columns, parts[sample])
+    def kind(t: torch.Tensor) -> tuple[bool, bool]:
+        return t.is_floating_point(), t.dtype == torch.bool
+
+    def fills(part: torch.Tensor, row: torch.Tensor) -> bool:  # of one kind: no id read as a mask, no float cut
+        lead = tuple(slice(0, k) for k in part.shape)
+        return (
+            part.dim() == row.dim()
+            and kind(part) == kind(row)
+            and all(a <= b for a, b in zip(part.shape, row.shape))
+            and torch.equal(row[lead].cpu(), part.to(row.dtype).cpu())
         )
+
+    def holds(row: int, sample: int) -> bool:  # the sample's parts fill columns in order (the earliest that fits)
+        rest = iter(columns)
+        return all(any(fills(p, c[row]) for c in rest) for p in parts[sample])
 
     checked = range(min(rows, n))
     if all(holds(i, i) for i in checked) or not all(any(holds(i, j) for j in range(n)) for i in checked):
@@ -139,15 +147,17 @@ class EpochRandomSampler(RandomSampler):
     in a shuffling ``DistributedSampler``, which is epoch-seeded too.
     """
 
-    def __init__(self, data_source: Dataset, seed: int = 0) -> None:
+    def __init__(self, data_source: Dataset, seed: int | None = 0) -> None:
         super().__init__(data_source)
-        self.seed = seed
+        self.seed = seed  # None: default_seed() at the first iteration, after the run's seed_everything
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
+        if self.seed is None:
+            self.seed = default_seed()
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
 
@@ -180,13 +190,16 @@ class IndexedDataLoader(DataLoader):
         self._saved_world = _world_size()  # the number of processes of the run whose state was loaded
 
     def __iter__(self):
-        skip, self._skip, self._delivered = self._skip, (0, None), 0
-        return self._iterate(super().__iter__(), *skip)
+        self._delivered = 0
+        return self._iterate()
 
-    def _iterate(self, batches, skip: int, epoch: int | None):
-        # Decided at the first fetch: Lightning may create the iterator before it sets the next epoch on
-        # the sampler (a state saved on the last batch an epoch's limit_train_batches allows), and that
-        # epoch starts afresh; so does one whose saved state covers the whole loader.
+    def _iterate(self):
+        # Decided at the first fetch, where the wrapped loader's iterator is made too (its workers draw
+        # indices from the sampler as soon as it exists): Lightning may create this iterator before it
+        # loads the saved state (load_pending_state) or sets the epoch on the sampler (a resumed epoch; a
+        # state saved on the last batch an epoch's limit_train_batches allows: that epoch starts afresh,
+        # as does one whose saved state covers the whole loader).
+        (skip, epoch), self._skip = self._skip, (0, None)
         if skip >= len(self) or (epoch is not None and epoch != self._epoch()):
             skip = 0
         if skip and self._saved_world != _world_size():
@@ -202,7 +215,7 @@ class IndexedDataLoader(DataLoader):
                 "with one: a step would receive the sample indices as its batch. To fit, add LossValCallback(...); to "
                 "predict, test or validate, give the loader it wraps (its rows: this loader's dataset.dataset)"
             )
-        for batch in batches:
+        for batch in super().__iter__():
             self._delivered += 1
             if self._delivered > skip:
                 yield batch
@@ -215,11 +228,41 @@ class IndexedDataLoader(DataLoader):
         return None
 
     def state_dict(self) -> dict[str, int | None]:
-        return {"delivered": self._delivered, "epoch": self._epoch(), "world": _world_size()}
+        seed = self.sampler.seed if isinstance(self.sampler, EpochRandomSampler) else None
+        return {"delivered": self._delivered, "epoch": self._epoch(), "world": _world_size(), "seed": seed}
 
     def load_state_dict(self, state_dict: dict[str, int | None]) -> None:
         self._skip = (int(state_dict["delivered"]), state_dict.get("epoch"))
         self._saved_world = int(state_dict.get("world") or _world_size())  # older checkpoints did not say
+        self.restore_seed(state_dict)
+
+    def restore_seed(self, state_dict: dict[str, int | None]) -> None:
+        """Shuffle as the run that saved ``state_dict`` did: with its seed, drawn or given. A state saved before
+        it kept the seed was written with the default of then, ``seed_everything``'s or 0; a run resumed without
+        ``seed_everything`` takes 0, which is wrong only for a run that had called it and now does not."""
+        if isinstance(self.sampler, EpochRandomSampler):
+            old = self.sampler.seed if self.sampler.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+            seed = state_dict.get("seed", old)
+            self.sampler.seed = self.sampler.seed if seed is None else int(seed)
+
+
+def load_pending_state(trainer: Any) -> None:
+    """Hand the training loader the state a resumed checkpoint saved for it (the batches of the epoch
+    already trained), if Lightning has not: it does so only when it builds the loader after restoring
+    the checkpoint, and a ``configure_optimizers`` that reads ``trainer.estimated_stepping_batches``
+    builds it before (the loader would start the epoch over)."""
+    loop = trainer.fit_loop
+    states = getattr(loop, "_combined_loader_states_to_load", None)
+    if not states or loop._combined_loader is None:
+        return
+    if loop.restarting:  # in the middle of an epoch
+        loop._load_combined_loader_states()
+        return
+    # at an epoch's end Lightning drops the state, but its seed still decides the orders of the epochs to come
+    loaders = [loader for loader in loop._combined_loader.flattened if isinstance(loader, IndexedDataLoader)]
+    for loader, state in zip(loaders, states):
+        loader.restore_seed(state)
+    loop._combined_loader_states_to_load = []
 
 
 def _world_size() -> int:
@@ -227,8 +270,11 @@ def _world_size() -> int:
 
 
 def default_seed() -> int:
-    """The seed of ``lightning.seed_everything`` if it was called, else 0."""
-    return int(os.environ.get("PL_GLOBAL_SEED", 0))
+    """The seed of ``lightning.seed_everything`` if it was called, else one drawn from torch's global
+    generator, as a plain shuffling loader draws its order: runs seeded only with
+    ``torch.manual_seed`` (or not at all) get orders of their own, not one shared order."""
+    seed = os.environ.get("PL_GLOBAL_SEED")
+    return int(seed) if seed is not None else int(torch.randint(2**31, ()).item())
 
 
 def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
@@ -238,13 +284,12 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
     Batch size, workers, ``drop_last``, ``collate_fn`` (applied to the samples as before) and a
     custom sampler or batch sampler are kept; a plain shuffling ``RandomSampler`` becomes an
     :class:`EpochRandomSampler` seeded with ``seed`` (default: the initial seed of the loader's
-    ``generator`` when it has one, else :func:`default_seed`).
+    ``generator`` when it has one, else :func:`default_seed` when the first epoch starts, so a loader
+    built before ``seed_everything`` still takes its seed).
     """
     if not isinstance(loader, DataLoader):
-        raise TypeError(
-            f"expected a torch DataLoader for training, got {type(loader).__name__}; LossVal supports one "
-            "training DataLoader (not a list, dict or CombinedLoader)"
-        )
+        got = f"expected a torch DataLoader, got {type(loader).__name__}: index_dataloader(DataLoader(dataset, ...))"
+        raise TypeError(several_loaders_error(loader) or got)
     if isinstance(loader.dataset, IndexedDataset):
         return loader
     if loader.batch_size is None and loader.batch_sampler is None:
@@ -267,9 +312,9 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
         return IndexedDataLoader(dataset, batch_sampler=loader.batch_sampler, **common)
     sampler = loader.sampler
     if type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
-        if seed is None:  # the user's shuffling generator, else the run's seed, decides the orders
-            seed = default_seed() if sampler.generator is None else sampler.generator.initial_seed()
-        sampler = EpochRandomSampler(dataset, seed)
+        if seed is None and sampler.generator is not None:  # the user's shuffling generator decides the orders
+            seed = sampler.generator.initial_seed()
+        sampler = EpochRandomSampler(dataset, seed)  # no seed: the run's, at the first iteration
     elif type(sampler) is SequentialSampler:
         sampler = EpochSequentialSampler(dataset)
     return IndexedDataLoader(
@@ -285,11 +330,11 @@ def several_loaders_error(loader: Any) -> str | None:
     count = len(loader.flattened if isinstance(loader, CombinedLoader) else loader)
     if count == 1:
         return (
-            f"fit got its training DataLoader inside a {type(loader).__name__}, so training_step would get a "
+            f"the training DataLoader came inside a {type(loader).__name__}, so training_step would get a "
             "collection of batches: pass the DataLoader itself, trainer.fit(model, train_dataloaders=loader)"
         )
     return (
-        f"LossVal values the samples of one training DataLoader, but fit got {count} in a {type(loader).__name__}; "
+        f"LossVal values the samples of one training DataLoader, but got {count} in a {type(loader).__name__}; "
         "join their datasets into one: index_dataloader(DataLoader(ConcatDataset([dataset_a, dataset_b]), "
         "batch_size=..., shuffle=True)) (value i is then item i of the ConcatDataset)"
     )
@@ -305,93 +350,3 @@ def on_inner_batch(hook: Callable) -> Callable:
         return hook(batch, *args, **kwargs)
 
     return wrapped
-
-
-class IndexedDataModule(LightningDataModule):
-    """Wraps a ``LightningDataModule`` so that its training batches carry global sample indices.
-
-    Example::
-
-        dm = IndexedDataModule(MyDataModule(...))
-        Trainer(callbacks=[LossValCallback()]).fit(model, dm)
-
-    ``prepare_data``, ``setup``, ``teardown``, ``state_dict`` and ``load_state_dict`` go to the
-    wrapped module, as do attribute look-ups (``dm.num_classes``) and writes to its attributes
-    (``dm.batch_size = 64``, as the batch-size tuner does). Its validation, test and
-    predict loaders pass through unchanged, and those it does not define stay undefined. Its
-    batch-transfer hooks see the inner batch of an ``Indexed`` batch.
-
-    Args:
-        datamodule: the module to wrap.
-        seed: seed of the epoch-wise shuffling order (default: :func:`default_seed`).
-    """
-
-    def __init__(self, datamodule: LightningDataModule, seed: int | None = None) -> None:
-        if not isinstance(datamodule, LightningDataModule):
-            loader = (
-                " (a training DataLoader goes in index_dataloader(loader))"
-                if isinstance(datamodule, DataLoader)
-                else ""
-            )
-            if isinstance(datamodule, type) and issubclass(datamodule, LightningDataModule):
-                loader = f": pass an instance, IndexedDataModule({datamodule.__name__}(...))"
-            raise TypeError(f"IndexedDataModule wraps a LightningDataModule, got {type(datamodule).__name__}{loader}")
-        super().__init__()
-        self.seed = seed  # before datamodule: from then on, writes of names the wrapped module has go there
-        self.datamodule = datamodule
-        for name in EVAL_LOADERS:
-            if is_overridden(name, datamodule, LightningDataModule):
-                setattr(self, name, getattr(datamodule, name))
-        for name in BATCH_HOOKS:
-            if is_overridden(name, datamodule, LightningDataModule):
-                setattr(self, name, on_inner_batch(getattr(datamodule, name)))
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name == "datamodule":
-            raise AttributeError(name)
-        return getattr(self.datamodule, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        """Attributes the wrapped module owns are set there (e.g. the batch-size tuner's ``batch_size``)."""
-        inner = self.__dict__.get("datamodule")
-        owned = name in self.__dict__ or name.startswith("_") or hasattr(type(self), name)
-        if inner is not None and not owned and hasattr(inner, name):
-            setattr(inner, name, value)
-        else:
-            super().__setattr__(name, value)
-
-    @property
-    def hparams(self):  # type: ignore[override]
-        return self.datamodule.hparams
-
-    @property
-    def hparams_initial(self):  # type: ignore[override]
-        return self.datamodule.hparams_initial
-
-    @property
-    def _log_hyperparams(self) -> bool:  # whether the loggers get the wrapped module's hyperparameters
-        return self.__dict__["datamodule"]._log_hyperparams if "datamodule" in self.__dict__ else False
-
-    @_log_hyperparams.setter
-    def _log_hyperparams(self, value: bool) -> None:  # LightningDataModule.__init__ sets it on the wrapper
-        pass
-
-    def prepare_data(self) -> None:
-        self.datamodule.trainer = self.trainer
-        self.datamodule.prepare_data()
-
-    def setup(self, stage: str) -> None:
-        self.datamodule.trainer = self.trainer
-        self.datamodule.setup(stage)
-
-    def teardown(self, stage: str) -> None:
-        self.datamodule.teardown(stage)
-
-    def train_dataloader(self) -> DataLoader:
-        return index_dataloader(self.datamodule.train_dataloader(), self.seed)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.datamodule.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.datamodule.load_state_dict(state_dict)

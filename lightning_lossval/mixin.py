@@ -93,11 +93,12 @@ class LossValMixin:
         """
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         if isinstance(batch, Mapping) or not isinstance(x, Tensor):
+            first = "" if isinstance(batch, Mapping) or x is batch else f" whose first element is a {type(x).__name__}"
             raise TypeError(
                 f"{type(self).__name__}.lossval_features cannot find the inputs in a batch of type "
-                f"{type(batch).__name__}; override lossval_features(batch) to return a [B, D] tensor (and, unless "
-                f"a dict batch holds its targets under one of {', '.join(TARGET_KEYS)}, lossval_targets(batch) to "
-                "return the [B] targets: with classes the default update keeps each class's share of the batch)"
+                f"{type(batch).__name__}{first}; override lossval_features(batch) to return a [B, D] tensor (and, "
+                f"unless a dict batch holds its targets under one of {', '.join(TARGET_KEYS)}, lossval_targets(batch) "
+                "to return the [B] targets: with classes the default update keeps each class's share of the batch)"
             )
         return x.reshape(x.shape[0], -1)
 

@@ -58,9 +58,21 @@ class TaskModule(LossValMixin, L.LightningModule):
         self.net = self.build(h.num_inputs, h.num_outputs, h.task)
 
     def configure_model(self) -> None:
-        if self.net is not None:
+        datamodule = getattr(self._trainer, "datamodule", None)  # no trainer: load_from_checkpoint
+        if self.net is not None:  # built already: by the CLI from the data's sizes, or by a fit before
+            names = {"num_inputs": "num_features", "num_outputs": "num_outputs", "task": "task"}
+            data = {a: getattr(datamodule, b, None) for a, b in names.items()}
+            differ = [
+                f"{a} {self.hparams.get(a)} (the data: {v})"
+                for a, v in data.items()
+                if v not in (None, self.hparams.get(a))
+            ]
+            if differ:
+                raise ConfigError(
+                    f"this {type(self).__name__} was built with {', '.join(differ)}: a network fits one shape of "
+                    f"data; make a new {type(self).__name__}(...) for this data"
+                )
             return
-        datamodule = self.trainer.datamodule
         missing = [a for a in ("num_features", "num_outputs", "task") if getattr(datamodule, a, None) is None]
         if missing:
             raise ConfigError(

@@ -299,7 +299,7 @@ class Parts(NamedTuple):
     weights: Tensor  # [B] the learned weights (differentiable)
     masses: Tensor  # [B] their masses (differentiable)
     transport_masses: Tensor  # [B] the masses the transport sees (normalised when the objective says so)
-    losses: Tensor  # [B] per-sample losses, float32 (differentiable in the network)
+    losses: Tensor  # [B] per-sample losses, float32 or float64 (differentiable in the network)
     loss: Tensor  # L_w, differentiable in masses and losses
     potentials: Tensor  # [B] the transport potentials (the divergence's gradient in transport_masses)
     ot: Tensor  # S, differentiable in transport_masses
@@ -351,7 +351,7 @@ def lossval_objective(
     objective = Objective() if objective is None else objective
     if isinstance(validation, Tensor):
         validation = prepare_validation(validation, None, objective)
-    losses = losses.float()
+    losses = losses if losses.dtype == torch.float64 else losses.float()  # a float64 loss stays float64
     masses = weight_mass(weights.float(), objective.mass)
     loss = weighted_loss(masses, losses, objective.reduction)
     a = masses / masses.sum().clamp_min(torch.finfo(masses.dtype).tiny) if objective.normalize_masses else masses

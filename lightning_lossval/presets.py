@@ -149,9 +149,15 @@ def check_resume(saved: dict[str, Any], preset: Preset) -> None:
     saved_lr = saved.pop("lr", current["lr"])
     changed = {k: v for k, v in saved.items() if current.get(k) != v}
     if changed:
+        named = [
+            name for name, known in PRESETS.items() if {**describe(known), "lr": saved_lr} == {**saved, "lr": saved_lr}
+        ]
+        fields = "; ".join(f"{k}: {v!r} there, {current[k]!r} here" for k, v in changed.items() if k in current)
+        if "update" in changed:
+            fields += ", and the fields of each rule"
         raise ResumeError(
-            f"the checkpoint's weights were learned with an objective that differs from this run's in {changed}; "
-            f"resume with objective={saved} or start a new fit"
+            f"the checkpoint's weights were learned with an objective that differs from this run's ({fields}); "
+            f"resume with objective={named[0] if named else saved!r} or start a new fit"
         )
     if saved_lr != current["lr"]:
         rank_zero_warn(f"resuming LossVal weights learned with lr={saved_lr} with lr={current['lr']}")

@@ -139,6 +139,7 @@ def save_interrupted(
     if noisy is not None:
         columns["noisy"] = noisy.tolist()
     columns["visits"] = store.visits.cpu().tolist()
+    store.columns = columns  # the callback's table() and to_csv() now match the file
     path = save_values_somewhere(Path(_run_dir(trainer)), values, columns)  # no broadcast: rank zero alone
     print(f"\nLossVal: fit interrupted in epoch {trainer.current_epoch}; the values learned so far: {path}", flush=True)
     return path
@@ -203,7 +204,7 @@ def _whole_classes(flagged: Tensor, measured: Tensor, columns: dict[str, list]) 
         if len(rows) >= 3 and sum(rows) >= max(0.8, 2 * share) * len(rows):
             lines.append(
                 f"the cut flags {sum(rows)} of the {len(rows)} rows of class {name!r}: a rare or hard class can land "
-                "low as a whole, its rows not wrong; look at them before dropping any"
+                "low as a whole without its rows being wrong; look at them before dropping any"
             )
     return lines
 

@@ -51,6 +51,7 @@ class _Store:
         self.selected = 0  # batches whose LossVal loss was computed in this fit
         self.applied = False  # an optimizer step carried the LossVal gradient of its own training step
         self.stepped = -1  # the number of the last batch an optimizer step took in
+        self.columns: dict[str, list] = {}  # values.csv's other columns (row, id, target, ...) for these values
 
     def numel(self) -> int:
         return self.visits.numel()
@@ -201,7 +202,10 @@ class SparseWeights(_Store):
         """Gather this step's ``(index, gradient)`` pairs from every rank and update those samples."""
         if not self.pending or self._again(trainer):
             return
-        self.applied = self.applied or any(w.grad is not None for _, w, _ in self.pending[self.fresh :])
+        fresh = [w.grad is not None for _, w, _ in self.pending[self.fresh :]]
+        if fresh and not any(fresh) and trainer.lightning_module.automatic_optimization:
+            raise ConfigError(NOT_RETURNED)  # the loss Lightning's backward ran does not reach the weights
+        self.applied = self.applied or any(fresh)
         grad = torch.cat([torch.zeros_like(w) if w.grad is None else w.grad for _, w, _ in self.pending])
         index, counts, _ = self._taken()
         scaler = getattr(trainer.precision_plugin, "scaler", None)
@@ -278,9 +282,19 @@ def load_state(store: DenseWeights | SparseWeights, state: dict[str, Any], prese
     store.load_state_dict(state["store"])
 
 
-def check_applied(store: DenseWeights | SparseWeights, optimizer_index: int, epoch: int, rule: UpdateRule) -> None:
+NOT_RETURNED = (
+    "the loss training_step returned does not depend on self.lossval_loss(...): a LossVal loss that is only logged, "
+    "or computed beside the loss returned, trains neither the network nor the weights; return it, or a loss built "
+    "from it (with your extra terms added)"
+)
+
+
+def check_applied(
+    store: DenseWeights | SparseWeights, optimizer_index: int, trainer: Trainer, rule: UpdateRule
+) -> None:
     """Refuse weights whose LossVal gradients no optimizer step ever applied (at an epoch end), and, under an
     objective that multiplies the network's loss, weights the steps left all at 1 (Adam's moments overflowed)."""
+    epoch = trainer.current_epoch
     if store.applied and rule.name != "balanced" and bool((store.values() == 1).all()):
         raise DataError(
             f"the LossVal weights did not move in epoch {epoch} although optimizer {optimizer_index} stepped with "
@@ -288,6 +302,8 @@ def check_applied(store: DenseWeights | SparseWeights, optimizer_index: int, epo
         )
     if store.applied or not store.selected:
         return
+    if trainer.lightning_module.automatic_optimization:
+        raise ConfigError(f"the LossVal weights never moved in epoch {epoch}: {NOT_RETURNED}")
     raise ConfigError(
         f"the LossVal weights never moved in epoch {epoch}: training_step computed their gradients, but optimizer "
         f"{optimizer_index} (optimizer_index={optimizer_index}) never stepped with the gradient of its own training "

@@ -162,7 +162,7 @@ def read_frame(frame: Any, source: str) -> Table:
         )
     import pandas as pd  # a DataFrame was given, so pandas is installed
 
-    header = [str(name) for name in frame.columns]
+    header = [str(name).strip() for name in frame.columns]  # as a CSV file's
     check_header(header, source)  # before to_dict, which would keep one of two equal names
     values = frame.to_dict("list").values()
     return _from_columns(source, dict(zip(header, ([None if pd.isna(v) else v for v in c] for c in values))))
@@ -325,8 +325,9 @@ def parse_numbers(table: Table, column: str, advice: str) -> Tensor:
     values = table.column(column)
     numbers = [to_float(v) for v in values]
     for value, number, line in zip(values, numbers, table.lines):
-        if number is None:
-            raise DataError(f"{table.at(line)}, column {column!r}: {value!r} is not a number; {advice}")
+        if number is None:  # an infinity is a number, but not one a network can learn from
+            finite = " finite" if value.lower().lstrip("+-") in ("inf", "infinity") else ""
+            raise DataError(f"{table.at(line)}, column {column!r}: {value!r} is not a{finite} number; {advice}")
     return torch.tensor(numbers, dtype=torch.float64)
 
 

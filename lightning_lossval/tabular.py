@@ -17,12 +17,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_lossval.cells import check_cells
 from lightning_lossval.errors import DataError
 from lightning_lossval.noise import NOISE_KINDS, inject_noise
 from lightning_lossval.tables import (
     Table,
     category_names,
-    column_hints,
     did_you_mean,
     encode_features,
     handle_missing,
@@ -31,7 +31,6 @@ from lightning_lossval.tables import (
     parse_numbers,
     read_frame,
     read_table,
-    row_counters,
     same_columns,
     sorted_values,
     to_float,
@@ -167,13 +166,13 @@ class TabularDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if not isinstance(target, str) or not target.strip():
+        if target is None or isinstance(target, (bool, list, tuple, dict)) or not str(target).strip():
             raise DataError(f"--data.target names the column to predict, got {target!r}; set --data.target NAME")
         # not for the loggers: the model's task (resolved) would clash with task "auto" (config.yaml has them all)
         self.save_hyperparameters(ignore=["train_df", "val_df"], logger=False)
         names = [None if c is None else [str(n).strip() for n in c] for c in (categorical, drop_columns)]
         # stripped, as the header's names are (LightningCLI's hparams are its config's raw values)
-        self.hparams.update(target=target.strip(), id_column=id_column and str(id_column).strip())
+        self.hparams.update(target=str(target).strip(), id_column=None if id_column is None else str(id_column).strip())
         self.hparams.update(categorical=names[0], drop_columns=names[1])
         self._frames = (train_df, val_df)
         sources = {"train_csv": train_csv, "train_df": train_df, "builtin": builtin}
@@ -240,11 +239,7 @@ class TabularDataModule(LightningDataModule):
             val = same_columns(read_frame(val_df, "the validation DataFrame"), train, [*features, hp.target])
 
         train, val = handle_missing(train, val, [*features, hp.target], hp.missing)
-        for column in row_counters(train, features):
-            rank_zero_warn(
-                f"column {column!r} of {train.source} counts the rows (consecutive integers): an index, not a feature, "
-                f"which tells the target when the rows are sorted by it. {column_hints(column)}"
-            )
+        check_cells(train, features, hp.target, hp.task, hp.categorical, hp.id_column)
         self.task = self._resolve_task(train)
         names = category_names([train.column(hp.target)])[0] if self.task == "classification" else None
         if hp.task == "auto":
@@ -292,16 +287,16 @@ class TabularDataModule(LightningDataModule):
         columns["target"] = list(self._readable_targets)
         return columns
 
-    def format_target(self, t: Tensor) -> list[str]:
-        """Readable strings for targets like the training ones: class indices ``[B]`` or
-        standardised regression values ``[B]`` / ``[B, 1]`` (original units, 7 significant digits: a float32's)."""
+    def format_target(self, t: Tensor) -> list[str] | list[float]:
+        """Targets like the training ones (``row_columns``'s): class names for class indices ``[B]``, numbers in
+        original units for standardised regression values ``[B]`` / ``[B, 1]`` (7 significant digits: a float32's)."""
         self._check_prepared()
         if self.task == "classification":
             if t.is_floating_point():
                 raise TypeError("format_target takes class indices, not scores: pass logits.argmax(-1)")
             return [self.classes[i] for i in t.reshape(-1).tolist()]
         values = t.detach().reshape(-1).double().cpu() * self._target_std + self._target_mean
-        return [f"{v:.7g}" for v in values.tolist()]
+        return [float(f"{v:.7g}") for v in values.tolist()]
 
     def train_dataloader(self) -> DataLoader:
         self._check_prepared()

@@ -201,6 +201,74 @@ def test_resume_from_the_last_batch_a_limited_epoch_allows(tmp_path, shuffle):
     assert (straight.values - resumed.values).abs().max().item() <= 1e-6
 
 
+class StepCountingNet(CrashingNet):
+    """Reads ``trainer.estimated_stepping_batches`` in ``configure_optimizers``, as per-step schedules do
+    (Lightning then builds the training loader before it restores a checkpoint)."""
+
+    def configure_optimizers(self):
+        assert self.trainer.estimated_stepping_batches == 3 * 13
+        return super().configure_optimizers()
+
+
+def test_mid_epoch_resume_when_configure_optimizers_counts_the_steps(tmp_path):
+    def run(root, crash_at=None, ckpt_path=None):
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=3, save_last=True)
+        L.seed_everything(0)
+        model = StepCountingNet(crash_at)
+        args = dict(callbacks=[checkpoint], enable_checkpointing=True, deterministic=True, ckpt_path=ckpt_path)
+        try:
+            _, _, cb = fit(root, model=model, **args)
+        except Crash:
+            return None, model
+        return cb, model
+
+    straight, seen = run(tmp_path / "straight")
+    assert run(tmp_path / "first", crash_at=17)[0] is None  # 13 batches an epoch: last.ckpt is epoch 1, batch 2
+    resumed, seen_resumed = run(tmp_path / "second", ckpt_path=tmp_path / "first" / "ckpt" / "last.ckpt")
+    assert seen_resumed.seen == seen.seen[15:]  # batch for batch from the first one not yet trained
+    assert torch.equal(resumed.visits, straight.visits)
+    assert (straight.values - resumed.values).abs().max().item() <= 1e-6
+
+
+class WorkerData(BlobData):
+    def __init__(self, workers: int):
+        super().__init__()
+        self.workers = workers
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(self.train_set, batch_size=32, shuffle=True, num_workers=self.workers)
+
+
+@pytest.mark.parametrize(
+    "seeded, workers, every", [(False, 0, None), (True, 2, 3)], ids=["epoch-end-unseeded", "mid-epoch-2-workers"]
+)
+def test_resume_trains_on_the_batches_an_uninterrupted_run_does(tmp_path, monkeypatch, seeded, workers, every):
+    """Without seed_everything the shuffling seed is drawn, and a resumed run (another process, another
+    global random state) gets it back from the checkpoint, also from one written at an epoch's end; with
+    workers the resumed epoch's order is drawn after Lightning set the epoch."""
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+
+    def run(root, crash_at=None, ckpt_path=None, torch_seed=1):
+        L.seed_everything(0, verbose=False) if seeded else torch.manual_seed(torch_seed)
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=every, save_last=True)
+        model = CrashingNet(crash_at)
+        args = dict(TRAINER_ARGS, max_epochs=3, logger=False, default_root_dir=root, deterministic=True)
+        trainer = L.Trainer(callbacks=[LossValCallback(show=0, export=False), checkpoint], **args)
+        try:
+            trainer.fit(model, IndexedDataModule(WorkerData(workers)), ckpt_path=ckpt_path)
+        except Crash:
+            return None, model
+        return trainer.callbacks[0], model
+
+    straight, seen = run(tmp_path / "straight")
+    assert run(tmp_path / "first", crash_at=17)[0] is None  # 13 batches an epoch
+    done = 15 if every else 13  # last.ckpt: after step 15 (epoch 1, batch 2), or at the end of epoch 0
+    resumed, seen_resumed = run(tmp_path / "second", ckpt_path=tmp_path / "first" / "ckpt" / "last.ckpt", torch_seed=2)
+    assert seen_resumed.seen == seen.seen[done:]
+    assert torch.equal(resumed.visits, straight.visits)
+    assert (straight.values - resumed.values).abs().max().item() <= 1e-6
+
+
 STORES = pytest.mark.parametrize(
     "objective, sparse", [("paper", False), ("paper", True), ("default", None)], ids=["dense", "sparse", "default"]
 )
@@ -426,7 +494,8 @@ def test_label_aware_transport_reads_targets_of_both_sides(tmp_path):
 def test_resume_with_another_objective_is_refused(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     fit(tmp_path, epochs=1, enable_checkpointing=True, callbacks=[checkpoint])
-    with pytest.raises(ValueError, match=r"differs from this run's in \{'blur': 0.05\}.*resume with objective="):
+    said = r"differs from this run's \(blur: 0.05 there, 0.1 here\); resume with objective='default' or start"
+    with pytest.raises(ValueError, match=said):
         fit(
             tmp_path,
             epochs=2,

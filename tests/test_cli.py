@@ -361,13 +361,37 @@ def test_callback_listed_under_trainer_callbacks(tmp_path, capsys):
 
     with pytest.raises(SystemExit):  # options under lossval: too would be ambiguous
         main([*args, "--lossval.lr", "0.05"])
-    assert "configured twice" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "configured twice" in said and "a later --config file saying lossval: null" in said
+    listed_once = "    - class_path: lightning_lossval.LossValCallback\n      init_args:\n        show: 3\n"
+    (tmp_path / "twice.yaml").write_text(LISTED.replace(listed_once, 2 * listed_once))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(tmp_path / "twice.yaml"), "--trainer.default_root_dir", str(tmp_path), *QUIET])
+    assert "lossval: error: trainer.callbacks lists LossValCallback 2 times; keep one" in capsys.readouterr().err
 
     # a shipped config has a lossval: block; a later config's "lossval: null" hands the callback to the listed one
     (tmp_path / "null.yaml").write_text("lossval: null\n" + LISTED.split("model:")[0])
     shipped = ["fit", "--config", str(CONFIGS / "default.yaml"), "--config", str(tmp_path / "null.yaml")]
     cli = LossValCLI(args=[*shipped, "--trainer.default_root_dir", str(tmp_path), *QUIET])
     assert [c.show for c in cli.trainer.callbacks if isinstance(c, LossValCallback)] == [3]
+
+
+def test_own_model_is_found_in_the_folder_lossval_runs_in(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))  # main() adds the folder it runs in
+    monkeypatch.delitem(sys.modules, "own_model", raising=False)  # imported by another test: import it afresh
+    monkeypatch.chdir(EXAMPLES)
+    main(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "default.yaml"),
+            "--model",
+            "own_model.Classifier",
+            *one_epoch(tmp_path),
+            *QUIET,
+        ]
+    )
+    assert (tmp_path / "lightning_logs" / "version_0" / "values.csv").is_file()
 
 
 def test_own_model_gets_the_data_sizes_as_init_args(tmp_path, monkeypatch):

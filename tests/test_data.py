@@ -24,10 +24,10 @@ from lightning_lossval.data import (
     EpochRandomSampler,
     Indexed,
     IndexedCollate,
-    IndexedDataModule,
     IndexedDataset,
     index_dataloader,
 )
+from lightning_lossval.datamodule import IndexedDataModule
 
 N = 20
 
@@ -136,8 +136,12 @@ def test_index_dataloader_default_collate():
 def test_index_dataloader_is_idempotent_and_rejects_non_loaders():
     indexed = index_dataloader(DataLoader(EncodedDataset(), batch_size=4))
     assert index_dataloader(indexed) is indexed
-    with pytest.raises(TypeError, match="DataLoader"):
+    with pytest.raises(TypeError, match=r"came inside a list.*pass the DataLoader itself"):
         index_dataloader([DataLoader(EncodedDataset(), batch_size=4)])
+    with pytest.raises(TypeError, match=r"one training DataLoader, but got 2 in a dict; join .* ConcatDataset"):
+        index_dataloader({"a": DataLoader(EncodedDataset()), "b": DataLoader(EncodedDataset())})
+    with pytest.raises(TypeError, match=r"expected a torch DataLoader, got TensorDataset"):
+        index_dataloader(TensorDataset(torch.zeros(3)))
 
 
 def test_shuffled_loader_gets_epoch_random_sampler():
@@ -173,12 +177,42 @@ def test_shuffled_loader_gets_epoch_random_sampler():
 
 def test_epoch_sampler_default_seed_from_seed_everything(monkeypatch):
     loader = DataLoader(EncodedDataset(N), batch_size=4, shuffle=True)
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    built_before = index_dataloader(loader)  # the usual script: the loader first, seed_everything(5) just before fit
     monkeypatch.setenv("PL_GLOBAL_SEED", "5")
-    from_env = index_dataloader(loader)
-    assert from_env.sampler.seed == 5
-    assert epoch_order(from_env, 0) == epoch_order(index_dataloader(loader, seed=5), 0)
+    assert epoch_order(built_before, 0) == epoch_order(index_dataloader(loader, seed=5), 0)
+    assert built_before.sampler.seed == 5
     monkeypatch.delenv("PL_GLOBAL_SEED")
-    assert index_dataloader(loader).sampler.seed == 0
+    # without seed_everything the seed is drawn from torch's global generator, as a plain loader's order is:
+    # torch.manual_seed(1) and (2) shuffle differently, the same seed alike
+    orders = []
+    for seed in (1, 2, 1):
+        torch.manual_seed(seed)
+        orders.append(epoch_order(index_dataloader(loader), 0))
+    assert orders[0] != orders[1] and orders[0] == orders[2]
+
+
+def test_the_drawn_seed_travels_with_the_loader_state(monkeypatch):
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    loader = DataLoader(EncodedDataset(N), batch_size=4, shuffle=True)
+    torch.manual_seed(1)
+    first = index_dataloader(loader)
+    orders = [epoch_order(first, e) for e in range(3)]
+    state = first.state_dict()
+    assert state["seed"] == first.sampler.seed is not None
+    torch.manual_seed(2)  # a new process draws another seed ...
+    assert epoch_order(index_dataloader(loader), 0) != orders[0]
+    resumed = index_dataloader(loader)
+    resumed.load_state_dict(state)  # ... and the checkpoint's state hands back the run's own
+    assert [epoch_order(resumed, e) for e in range(3)] == orders
+
+    older = {"delivered": 0, "epoch": 0, "world": 1}  # saved before states kept the seed: the default then
+    for env, given, expected in ((None, None, 0), ("5", None, 5), (None, 7, 7)):
+        if env is not None:
+            monkeypatch.setenv("PL_GLOBAL_SEED", env)
+        loaded = index_dataloader(loader, seed=given)
+        loaded.load_state_dict(older)
+        assert loaded.sampler.seed == expected
 
 
 def test_indices_stay_global_under_distributed_sampler():
@@ -362,7 +396,7 @@ def test_a_mid_epoch_state_of_another_number_of_processes_is_resumed_with_a_warn
         warnings.simplefilter("always")
         assert len(list(loader)) == 7
     assert not [w for w in caught if "process(es)" in str(w.message)]
-    assert loader.state_dict() == {"delivered": 10, "epoch": 0, "world": 1}
+    assert loader.state_dict() == {"delivered": 10, "epoch": 0, "world": 1, "seed": 0}
     loader.load_state_dict({"delivered": 3, "epoch": 0, "world": 2})  # saved by a fit on two processes
     with pytest.warns(UserWarning, match=r"epoch that 2 process\(es\) started with 1: each process skips the 3"):
         assert len(list(loader)) == 7

@@ -257,6 +257,23 @@ def test_weights_no_step_moves_are_an_error_naming_optimizer_index(tmp_path, obj
         fit(tmp_path, TwoOptimizers(order), callback)
 
 
+class LogsOnly(Net):
+    """Logs the LossVal loss and returns the plain mean: the weights would never get a gradient."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        losses = F.cross_entropy(self(x), y, reduction="none")
+        self.log("train_loss", self.lossval_loss(losses))
+        return losses.mean()
+
+
+@pytest.mark.parametrize("objective", ["default", "paper"])
+def test_a_lossval_loss_that_is_only_logged_is_an_error_saying_so(tmp_path, objective):
+    said = r"the loss training_step returned does not depend on self.lossval_loss\(...\).*return it, or a loss built"
+    with pytest.raises(ConfigError, match=said):  # default: at the first step; paper: at the first epoch's end
+        fit(tmp_path, LogsOnly(), LossValCallback(objective=objective, show=0), epochs=1)
+
+
 @pytest.mark.parametrize("order", ["main_first", "aux_first"])
 @STORES
 def test_two_optimizers_with_the_right_index_learn(tmp_path, objective, order):
@@ -437,3 +454,33 @@ def test_ctrl_c_keeps_the_values_learned_so_far(tmp_path, objective, capsys, int
     assert 0 < len(flagged) < 400 and rows[: len(flagged)] == flagged
     assert torch.equal(torch.load(callback.values_path.with_suffix(".pt")), callback.values)
     assert f"fit interrupted in epoch 1; the values learned so far: {callback.values_path}" in capsys.readouterr().out
+
+
+def test_after_an_interrupted_or_failed_fit_the_table_describes_that_fits_values(tmp_path):
+    class Failing(Net):
+        def __init__(self, error):
+            super().__init__()
+            self.error = error
+
+        def training_step(self, batch, batch_idx):
+            if self.current_epoch == 1 and batch_idx == 3:
+                raise self.error
+            return super().training_step(batch, batch_idx)
+
+    callback = LossValCallback(show=0)
+    fit(tmp_path / "first", Net(), callback, epochs=2)
+    assert {row["visits"] for row in callback.table()} == {2}
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            fit(tmp_path / "interrupted", Failing(KeyboardInterrupt), callback, epochs=3)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    with open(callback.values_path) as f:
+        written = {int(r["index"]): int(r["visits"]) for r in csv.DictReader(f)}
+    shown = {row["index"]: row["visits"] for row in callback.table()}
+    assert shown == written == dict(enumerate(callback.visits.tolist()))  # 1 or 2 visits, not the first fit's 2
+    with pytest.raises(ValueError):
+        fit(tmp_path / "failed", Failing(ValueError("a bug in the step")), callback, epochs=3)
+    assert callback.columns == {}  # a failure writes no file: no columns, rather than another fit's
+    assert list(callback.table()[0]) == ["rank", "index", "value", "flagged"]

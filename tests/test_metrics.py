@@ -140,7 +140,7 @@ def test_a_class_the_cut_takes_whole_is_named():
     flagged, measured = flagged_rows(values, {"visits": [2] * 12}), torch.ones(12, dtype=torch.bool)
     lines = _whole_classes(flagged, measured, {"target": targets})
     assert lines == [
-        "the cut flags 3 of the 3 rows of class 'rare': a rare or hard class can land low as a whole, its rows not "
-        "wrong; look at them before dropping any"
+        "the cut flags 3 of the 3 rows of class 'rare': a rare or hard class can land low as a whole without its "
+        "rows being wrong; look at them before dropping any"
     ]
     assert _whole_classes(flagged, measured, {"target": [float(i) for i in range(12)]}) == []  # regression

@@ -38,6 +38,7 @@ class SGDNet(LossValMixin, L.LightningModule):
         losses = F.cross_entropy(self(x), y, reduction="none")
         loss = self.lossval_loss(losses)
         self.returned.append(loss.item())
+        self.returned_dtype = loss.dtype
         self.plain_means.append(losses.mean().item())
         self.batches.append((losses.detach(), loss.detach()))
         return loss + self.l2 * sum(p.pow(2).sum() for p in self.net.parameters())
@@ -46,7 +47,7 @@ class SGDNet(LossValMixin, L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def train(x, y, *, callback: LossValCallback | None, epochs=10, l2=0.0, max_steps=-1, logger=False):
+def train(x, y, *, callback: LossValCallback | None, epochs=10, l2=0.0, max_steps=-1, logger=False, **args):
     L.seed_everything(0, verbose=False)
     model = SGDNet(l2)
     dataset = TensorDataset(x, y)
@@ -61,6 +62,7 @@ def train(x, y, *, callback: LossValCallback | None, epochs=10, l2=0.0, max_step
         enable_checkpointing=False,
         callbacks=callbacks,
         **TRAINER_ARGS,
+        **args,
     )
     trainer.fit(model, loader)
     return model
@@ -118,6 +120,19 @@ def test_the_returned_loss_is_the_masses_weighted_mean_and_extra_terms_keep_thei
         assert returned == pytest.approx(((masses * losses).sum() / masses.sum()).item(), rel=1e-5)
         moved += int((masses != 1).any())
     assert moved > 0  # later steps do reweight the samples
+
+
+def test_a_float64_loss_stays_float64():
+    """Under precision="64-true" the returned loss keeps the network's dtype: with every mass at 1 it is
+    the plain mean to the last bit, and so is the step."""
+    x, y = blobs(200, seed=1)
+    plain = train(x[:160], y[:160], callback=None, max_steps=2, precision="64-true")
+    callback = LossValCallback(val_data=x[160:], export=False, show=0, lr=1e-30)  # the masses stay 1
+    with_cb = train(x[:160], y[:160], callback=callback, max_steps=2, precision="64-true")
+    assert plain.returned_dtype == with_cb.returned_dtype == torch.float64
+    assert with_cb.returned == plain.returned
+    for p, q in zip(plain.parameters(), with_cb.net.parameters()):
+        assert torch.equal(p, q)
 
 
 def test_the_unweighted_training_loss_is_logged_beside_the_weighted_one(tmp_path):

@@ -6,6 +6,7 @@ import csv
 import math
 import re
 import sys
+import warnings
 
 import lightning as L
 import pytest
@@ -170,9 +171,11 @@ def test_regression_is_detected_standardised_and_formatted(tmp_path):
     raw = [float(r[1]) for r in rows]
     assert dm.row_columns()["target"] == raw
     shown = dm.format_target(y)
-    assert all(abs(float(s) - v) < 1e-3 and len(s.replace(".", "")) <= 7 for s, v in zip(shown, raw))  # 7 digits
+    assert all(
+        isinstance(s, float) and abs(s - v) < 1e-3 and len(f"{s:g}".replace(".", "")) <= 7 for s, v in zip(shown, raw)
+    )
     assert dm.format_target(y[:, 0]) == dm.format_target(y)
-    assert dm.format_target(dm.val_set.tensors[1]) == ["215.31"]  # columns in another order are matched by name
+    assert dm.format_target(dm.val_set.tensors[1]) == [215.31]  # columns in another order are matched by name
     torch.testing.assert_close(
         dm.val_set.tensors[0][0, 0],
         dm.train_set.tensors[0][:, 0].new_tensor((0.5 - x.mean().item()) / x.std(correction=0).item()),
@@ -776,6 +779,46 @@ def test_a_column_that_counts_the_rows_down_warns_too(tmp_path):
         prepared(train_csv=path, target="label", id_column="id")
 
 
+def test_numbers_written_with_a_comma_are_refused_and_classes_differing_in_case_warned(tmp_path):
+    # a European export: "12,5" would be read as text, a feature one-hot per value, a target a class per value
+    rows = [[f"r{i}", f"{10 + i % 7},{i % 10}", "red", f"{100 + 3 * i},0"] for i in range(30)]
+    target = write_csv(tmp_path / "target.csv", HEADER, [[r[0], "12.5", r[2], r[3]] for r in rows])
+    path = write_csv(tmp_path / "t.csv", HEADER, [[*r[:3], "cat" if i % 2 else "dog"] for i, r in enumerate(rows)])
+    for name, file, listed in (("label", target, r"set --data.task classification"), ("size", path, r"list it under")):
+        said = rf"column '{name}' of .* written with a comma \('1..?,.', .*'.' as the decimal mark.*\), or {listed}"
+        with pytest.raises(DataError, match=said):
+            prepared(train_csv=file, target="label", id_column="id")
+    euro = write_csv(
+        tmp_path / "e.csv", HEADER, [[r[0], ["1.000,50", "2.345,25"][i % 2], r[2], "cat"] for i, r in enumerate(rows)]
+    )
+    with pytest.raises(DataError, match=r"column 'size' .*\('1.000,50', '2.345,25'\): a decimal comma"):
+        prepared(train_csv=euro, target="label", id_column="id")  # not two categories
+    grouped = write_csv(tmp_path / "g.csv", HEADER, [[r[0], "12", r[2], "1,250"] for r in rows])  # thousands
+    with pytest.raises(DataError, match=r"column 'label' .*\('1,250'\): a decimal comma or a thousands separator"):
+        prepared(train_csv=grouped, target="label", id_column="id")
+    dm = prepared(train_csv=path, target="label", id_column="id", categorical=["size", "color"])
+    assert "size=10,0" in dm.feature_names  # categories if the user says so
+
+    cased = [[r, s, c, label.capitalize() if i < 5 else label] for i, (r, s, c, label) in enumerate(animal_rows(40))]
+    with pytest.warns(UserWarning, match=r"classes 'Cat', 'cat' differ only in case"):
+        prepared(train_csv=write_csv(tmp_path / "c.csv", HEADER, cased), target="label", id_column="id")
+    numbers = [[r, s, c, ["1.25E0", "1.25e0", "2.5e0"][i % 3]] for i, (r, s, c, _) in enumerate(animal_rows(40))]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = write_csv(tmp_path / "n.csv", HEADER, numbers)
+        assert prepared(train_csv=path, target="label", id_column="id").task == "regression"
+    assert not [w for w in caught if "differ only in case" in str(w.message)]  # 1.25E0 and 1.25e0: one number
+
+
+def test_ids_that_are_empty_or_repeated_are_warned_about(tmp_path):
+    rows = animal_rows(40)
+    rows[3][0], rows[7][0], rows[9][0] = "", "r1", "r2"
+    with pytest.warns(UserWarning, match=r"id column 'id' .* is empty in 1 row\(s\) and repeats 'r1', 'r2', so value"):
+        dm = prepared(train_csv=write_csv(tmp_path / "t.csv", HEADER, rows), target="label", id_column="id")
+    columns = dm.row_columns()
+    assert columns["id"] == [rows[r][0] for r in columns["row"]]  # kept as given: the row column tells them apart
+
+
 def test_a_number_forced_to_classes_is_told_to_try_regression_and_predictions_keep_their_digits(tmp_path):
     rows = [[f"r{i}", f"{i * 0.37:.3f}", "red", f"{2642100 + i * 1.5}"] for i in range(30)]
     path = write_csv(tmp_path / "t.csv", HEADER, rows)
@@ -786,4 +829,42 @@ def test_a_number_forced_to_classes_is_told_to_try_regression_and_predictions_ke
     dm = prepared(train_csv=path, target="label", id_column="id", task="regression", val_fraction=0.2)
     standardised = (torch.tensor([2642101.5, 2642143.5], dtype=torch.float64) - dm._target_mean) / dm._target_std
     shown = dm.format_target(standardised.float())  # a float32's 7 digits, not 2.6421e+06
-    assert all("e" not in s and abs(float(s) - v) <= 1 for s, v in zip(shown, [2642101.5, 2642143.5])), shown
+    assert all("e" not in repr(s) and abs(s - v) <= 1 for s, v in zip(shown, [2642101.5, 2642143.5])), shown
+
+
+def test_a_built_network_refitted_on_data_of_another_shape_is_refused(tmp_path):
+    from lightning_lossval import IndexedDataModule, LossValCallback
+    from lightning_lossval.errors import ConfigError
+    from lightning_lossval.models import MLP
+
+    model = MLP()  # sized by the first DataModule it is fitted on
+
+    def fit(builtin):
+        trainer = L.Trainer(
+            max_epochs=1, default_root_dir=tmp_path, callbacks=[LossValCallback(show=0)], **TRAINER_ARGS
+        )
+        trainer.fit(model, IndexedDataModule(TabularDataModule(builtin=builtin)))
+
+    fit("wine")
+    fit("wine")  # the same shape: fits again
+    said = r"this MLP was built with num_inputs 13 \(the data: 4\): a network fits one shape of data; make a new"
+    with pytest.raises(ConfigError, match=said):
+        fit("iris")
+
+
+def test_dataframe_columns_named_by_numbers_or_with_spaces(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rows = animal_rows(40)
+    numbered = pd.DataFrame([[i, float(r[1]), r[2], r[3]] for i, r in enumerate(rows)])  # columns 0, 1, 2, 3
+    dm = prepared(train_df=numbered, target=3, id_column=0)  # the id column 0 is not "no id column"
+    assert dm.row_columns()["id"] == [str(i) for i in dm.row_columns()["row"]] and dm.classes == ["cat", "dog"]
+    spaced = numbered.set_axis([" id", "size ", " color ", "label "], axis=1)  # as pandas keeps a CSV's header
+    dm = prepared(train_df=spaced, target="label ", id_column=" id", drop_columns=[" color"])
+    assert dm.feature_names == ["size"] and dm.hparams.target == "label"
+
+
+def test_an_infinite_cell_is_named_as_such(tmp_path):
+    rows = animal_rows(40)
+    rows[5][1] = "inf"
+    with pytest.raises(DataError, match=r"line 7 of .*, column 'size': 'inf' is not a finite number"):
+        prepared(train_csv=write_csv(tmp_path / "t.csv", HEADER, rows), target="label", id_column="id")

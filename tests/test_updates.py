@@ -303,14 +303,22 @@ def test_a_checkpoint_from_before_a_rule_field_existed_resumes_only_under_the_ru
     current = describe(PRESETS["default"])
     added = ("transport_side", "contrast", "target_reference")
     oldest = {k: v for k, v in current.items() if k not in added}
-    with pytest.raises(ResumeError, match=r"\{'transport_side': 'both', 'contrast': 0.0, 'target_reference': 0.0\}"):
+    said = r"\(transport_side: 'both' there, 'far' here; contrast: 0.0 there, 0.1 here; target_reference: 0.0 there"
+    with pytest.raises(ResumeError, match=said):
         check_resume(oldest, PRESETS["default"])
     # the rule they were learned under
     check_resume(oldest, resolve({"transport_side": "both", "contrast": 0, "target_reference": 0}))
     older = {k: v for k, v in current.items() if k not in added[1:]}  # far side, before the contrast
-    with pytest.raises(ResumeError, match=r"\{'contrast': 0.0, 'target_reference': 0.0\}"):
+    with pytest.raises(ResumeError, match=r"\(contrast: 0.0 there, 0.1 here; target_reference: 0.0 there, 0.35 here\)"):
         check_resume(older, PRESETS["default"])
     check_resume(older, resolve({"contrast": 0, "target_reference": 0}))
+    # another rule: the fields both have, each with its value there and here, and the preset that matches
+    said = r"\(reduction: 'normalized' there, 'sum' here; .*update: 'balanced' there, 'adam' here, and the fields of "
+    said += r"each rule\); resume with "
+    said += "objective='default'"
+    with pytest.raises(ResumeError, match=said) as refused:
+        check_resume(current, PRESETS["paper"])
+    assert "ot_share" not in str(refused.value).split("; resume")[0]  # a field the paper's rule does not have
     check_resume(current, PRESETS["default"])
 
 

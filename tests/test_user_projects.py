@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import warnings
 
 import lightning as L
 import pytest
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from helpers import TRAINER_ARGS, BlobData, Net, blobs
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from lightning_lossval import IndexedDataModule, LossValCallback, LossValMixin, index_dataloader
 from lightning_lossval.errors import ConfigError, DataError
@@ -380,6 +382,14 @@ def sort_by_length(samples):
     return padded, torch.tensor([y for _, y in samples])
 
 
+def sort_with_lengths(samples):
+    """The same with the lengths pack_padded_sequence takes, in a dict with an attention mask."""
+    padded, y = sort_by_length(samples)
+    lengths = torch.tensor(sorted((len(x) for x, _ in samples), reverse=True))
+    mask = torch.arange(padded.shape[1]) < lengths[:, None]
+    return {"inputs": padded, "lengths": lengths, "attention_mask": mask, "labels": y}
+
+
 def pad_in_order(samples):
     return nn.utils.rnn.pad_sequence([x for x, _ in samples], batch_first=True), torch.tensor([y for _, y in samples])
 
@@ -397,11 +407,27 @@ class Sequences(Dataset):
 def test_a_collate_that_reorders_the_batch_is_refused_and_one_that_keeps_the_order_passes():
     """LossVal credits row i of a batch to the i-th sample drawn: a collate that sorts (by length, say)
     would credit every loss to another row. The first batch tells it."""
-    with pytest.raises(DataError, match=r"order of its own .* enforce_sorted=False"):
-        next(iter(index_dataloader(DataLoader(Sequences(), batch_size=8, shuffle=True, collate_fn=sort_by_length))))
+    for collate in (sort_by_length, sort_with_lengths):  # tensors a collate adds do not hide the order
+        with pytest.raises(DataError, match=r"order of its own .* enforce_sorted=False"):
+            next(iter(index_dataloader(DataLoader(Sequences(), batch_size=8, shuffle=True, collate_fn=collate))))
+
+    def sort_scores(samples):  # Python float targets, which default_collate stacks as float64
+        samples = sorted(samples, key=lambda s: -len(s[0]))
+        return nn.utils.rnn.pad_sequence([x for x, _ in samples], batch_first=True), default_collate(
+            [y for _, y in samples]
+        )
+
+    scores = [(x, y / 10) for x, y in (Sequences()[i] for i in range(40))]
+    with pytest.raises(DataError, match=r"order of its own"):
+        next(iter(index_dataloader(DataLoader(scores, batch_size=8, shuffle=True, collate_fn=sort_scores))))
     for batch in index_dataloader(DataLoader(Sequences(), batch_size=8, shuffle=True, collate_fn=pad_in_order)):
         padded, _ = batch.data
         assert torch.equal(padded[:, 0], batch.index.float())  # row i is sample index[i]
+
+    bits = [([float(i >> k & 1) for k in range(3)], i % 2) for i in range(40)]  # lists of numbers, stacked
+    stacked = DataLoader(bits, batch_size=16, shuffle=True, collate_fn=lambda s: tuple(map(torch.tensor, zip(*s))))
+    for seed in range(10):  # a sample's numbers outnumber the batch's tensors: not judged, not refused
+        assert len(list(index_dataloader(stacked, seed=seed))) == 3
 
     calls = []
 
@@ -573,6 +599,18 @@ def test_integer_features_such_as_token_ids_are_warned_about(tmp_path):
     with pytest.warns(UserWarning, match=r"features are integers \(torch.int64\).*override lossval_features"):
         fit(tmp_path, Tokens(), [LossValCallback(val_data=(ids[:40], y[:40]), show=0)], loader)
 
+    pixels = (x.abs() * 30).clamp_max(255).to(torch.uint8)  # 8-bit images: intensities, whose distances mean something
+    loader = index_dataloader(DataLoader(TensorDataset(pixels, y), batch_size=30, shuffle=True))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(tmp_path, Tokens(), [LossValCallback(val_data=(pixels[:40], y[:40]), show=0)], loader)
+    assert not [w for w in caught if "are integers" in str(w.message)]
+
+
+def test_a_batch_whose_first_element_is_not_a_tensor_is_named_in_the_features_error():
+    with pytest.raises(TypeError, match=r"a batch of type tuple whose first element is a tuple; override lossval_f"):
+        Net().lossval_features(((torch.zeros(2, 3), torch.zeros(2, 3)), torch.zeros(2)))
+
 
 def test_the_wrapped_datamodules_hyperparameters_are_logged_as_without_the_wrapper(tmp_path):
     class Blobs(BlobData):
@@ -611,3 +649,52 @@ def test_a_finetuning_callback_that_restores_the_optimizer_groups_first_resumes_
     trainer = run(3, tmp_path / "last.ckpt")  # the finetuning callback re-creates the saved groups before ours
     assert trainer.current_epoch == 3
     assert [g.get("name") for g in trainer.optimizers[0].param_groups] == [None, "lossval_weights", None]
+
+
+class SavedBlobs(BlobData):
+    """A DataModule written the usual way: its options saved, and read back from ``self.hparams``."""
+
+    def __init__(self, n: int = 96, batch_size: int = 32):
+        super().__init__(n=n, n_val=40)
+        self.save_hyperparameters()
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.hparams.batch_size, shuffle=True)
+
+
+class OwnWrapper(IndexedDataModule):
+    """A project's own subclass of the wrapper."""
+
+
+@pytest.mark.parametrize("wrapper", ["lightning_lossval.IndexedDataModule", "test_user_projects.OwnWrapper"])
+def test_a_plain_lightningcli_wraps_a_datamodule_in_indexed_datamodule_from_yaml(tmp_path, wrapper):
+    """``data: class_path: lightning_lossval.IndexedDataModule`` around the user's DataModule: LightningCLI
+    hands every DataModule it builds the config of ``data``; the wrapped one keeps its own options."""
+    from lightning.pytorch.cli import LightningCLI
+
+    config = {
+        "trainer": {
+            "max_epochs": 1,
+            "default_root_dir": str(tmp_path),
+            "callbacks": [{"class_path": "lightning_lossval.LossValCallback", "init_args": {"show": 0}}],
+            **TRAINER_ARGS,
+        },
+        "model": {"class_path": "helpers.Net"},
+        "data": {
+            "class_path": wrapper,
+            "init_args": {
+                "datamodule": {"class_path": "test_user_projects.SavedBlobs", "init_args": {"batch_size": 16}}
+            },
+        },
+    }
+    cli = LightningCLI(args=["fit", "--config", json.dumps(config)], save_config_kwargs={"overwrite": True})
+    inner = cli.datamodule.datamodule
+    assert dict(inner.hparams) == {
+        "_class_path": "test_user_projects.SavedBlobs",
+        "n": 96,
+        "batch_size": 16,
+        "_instantiator": "lightning.pytorch.cli.instantiate_module",
+    }
+    assert cli.trainer.num_training_batches == 6  # 96 rows in batches of 16
+    values = next(c for c in cli.trainer.callbacks if isinstance(c, LossValCallback)).values
+    assert values.shape == (96,) and (values != 1).any()

@@ -157,7 +157,7 @@ def test_a_collection_of_training_loaders_is_refused(count):
     data = BlobData()
     loaders = [train_loader(data) for _ in range(count)]
     message = (
-        r"LossVal values the samples of one training DataLoader, but fit got 2 in a list; join their datasets.*"
+        r"LossVal values the samples of one training DataLoader, but got 2 in a list; join their datasets.*"
         r"ConcatDataset"
         if count == 2
         else r"inside a list.*pass the DataLoader itself"
