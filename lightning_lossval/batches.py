@@ -53,7 +53,7 @@ def batch_features(
         where = bad_features if bool(bad_features.any()) else bad_losses
         rows, what = index[where.to(index.device)][:10].tolist(), "features: clean or drop those rows"
         if where is bad_losses:
-            what = f"losses: check their targets; if it is all rows of the batch, {diverged(rule, LOWER_LR)}"
+            what = f"losses: check their inputs and targets; if it is all rows of the batch, {diverged(rule, LOWER_LR)}"
         raise DataError(
             f"training rows {rows} (dataset positions, {int(where.sum())} of the batch) have NaN or inf {what}"
         )

@@ -35,6 +35,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.cli import _InstantiatorFn as LightningInstantiator  # records the model's hparams
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -265,7 +266,8 @@ def _newest_checkpoint(name: str, config: Any) -> str:
     if name == "best" or not found:
         said = "a new run knows no best checkpoint" if name == "best" else f"no checkpoint in {where}"
         raise ConfigError(f"--ckpt_path {name}: {said}; give the path of the checkpoint to start from")
-    print(f"lossval: --ckpt_path last: {found[-1]}, the newest checkpoint in {where}", flush=True)
+    said = f"lossval: --ckpt_path last: {found[-1]}, the newest checkpoint in {where}"
+    rank_zero_only(print)(said, flush=True)  # DDP runs this command once per process
     return str(found[-1])
 
 

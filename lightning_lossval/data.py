@@ -110,14 +110,14 @@ def check_collate_order(samples: list, batch: Any, rows: int = 8) -> None:
     if n < 2 or not columns or not all(parts):
         return
 
-    def kind(t: torch.Tensor) -> tuple[bool, bool]:
-        return t.is_floating_point(), t.dtype == torch.bool
+    def kind(t: torch.Tensor) -> int:  # bool < integer < float
+        return 2 if t.is_floating_point() else int(t.dtype != torch.bool)
 
-    def fills(part: torch.Tensor, row: torch.Tensor) -> bool:  # of one kind: no id read as a mask, no float cut
-        lead = tuple(slice(0, k) for k in part.shape)
+    def fills(part: torch.Tensor, row: torch.Tensor) -> bool:  # widened (int labels as floats), never narrowed
+        lead = tuple(slice(0, k) for k in part.shape)  # (an id read as a mask, a float cut to an integer)
         return (
             part.dim() == row.dim()
-            and kind(part) == kind(row)
+            and kind(part) <= kind(row)
             and all(a <= b for a, b in zip(part.shape, row.shape))
             and torch.equal(row[lead].cpu(), part.to(row.dtype).cpu())
         )

@@ -152,8 +152,13 @@ def check_resume(saved: dict[str, Any], preset: Preset) -> None:
         named = [
             name for name, known in PRESETS.items() if {**describe(known), "lr": saved_lr} == {**saved, "lr": saved_lr}
         ]
-        fields = "; ".join(f"{k}: {v!r} there, {current[k]!r} here" for k, v in changed.items() if k in current)
-        if "update" in changed:
+        other_rule = "update" in changed  # then each rule's own fields differ too
+        shown = {k: v for k, v in changed.items() if k in current or not other_rule}
+        fields = "; ".join(
+            f"{k}: {v!r} there, {current[k]!r} here" if k in current else f"{k}: {v!r} there, not a field here"
+            for k, v in shown.items()
+        )
+        if other_rule:
             fields += ", and the fields of each rule"
         raise ResumeError(
             f"the checkpoint's weights were learned with an objective that differs from this run's ({fields}); "

@@ -148,7 +148,8 @@ class DenseWeights(_Store):
             return
         index, counts, fresh = self._taken()
         grad = self.weights.grad
-        self.applied = self.applied or (fresh and grad is not None and bool(grad.any()))
+        own = fresh or trainer.lightning_module.automatic_optimization  # (accumulated micro-batches' under automatic)
+        self.applied = self.applied or (own and grad is not None and bool(grad.any()))
         visited = index[counts]
         if trainer.world_size > 1:
             visited = gather(trainer, visited[None])[0]
@@ -202,10 +203,12 @@ class SparseWeights(_Store):
         """Gather this step's ``(index, gradient)`` pairs from every rank and update those samples."""
         if not self.pending or self._again(trainer):
             return
-        fresh = [w.grad is not None for _, w, _ in self.pending[self.fresh :]]
-        if fresh and not any(fresh) and trainer.lightning_module.automatic_optimization:
+        automatic = trainer.lightning_module.automatic_optimization
+        # this training step's LossVal losses, or, when it returned None, those of the micro-batches it accumulated
+        own = [w.grad is not None for _, w, _ in self.pending[self.fresh :] or (self.pending if automatic else [])]
+        if own and not any(own) and automatic:
             raise ConfigError(NOT_RETURNED)  # the loss Lightning's backward ran does not reach the weights
-        self.applied = self.applied or any(fresh)
+        self.applied = self.applied or any(own)
         grad = torch.cat([torch.zeros_like(w) if w.grad is None else w.grad for _, w, _ in self.pending])
         index, counts, _ = self._taken()
         scaler = getattr(trainer.precision_plugin, "scaler", None)

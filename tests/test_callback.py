@@ -527,7 +527,7 @@ def test_a_nan_loss_stops_the_fit_naming_the_row_before_the_weights_take_it(tmp_
     callback = LossValCallback(objective=objective)
     with pytest.raises(DataError) as error:
         fit(tmp_path, model=NanRow(), epochs=1, limit_train_batches=3, callback=callback)
-    said = f"training rows [{named[0]}] (dataset positions, 1 of the batch) have NaN or inf losses: check their targets"
+    said = f"training rows [{named[0]}] (dataset positions, 1 of the batch) have NaN or inf losses: check their inputs"
     assert said in str(error.value), str(error.value)
     assert torch.isfinite(callback.values).all() and int((callback.values != 1).sum()) == 32  # batch 0's rows
 

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torchmetrics.functional.classification import binary_auroc
 
 from lightning_lossval import LossValCallback, cli
-from lightning_lossval.cli import LossValCLI, configs_dir, main, shipped_config
+from lightning_lossval.cli import LossValCLI, _newest_checkpoint, configs_dir, main, shipped_config
 from lightning_lossval.models import MLP
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -224,7 +225,7 @@ def test_a_checkpoint_that_cannot_resume_this_run_says_why(tmp_path, capsys):
         assert re.search(message, err), err
 
 
-def test_ckpt_path_last_resumes_the_newest_checkpoint_of_the_earlier_runs(tmp_path, capsys):
+def test_ckpt_path_last_resumes_the_newest_checkpoint_of_the_earlier_runs(tmp_path, capsys, monkeypatch):
     args = ["fit", "--config", str(CONFIGS / "default.yaml"), "--trainer.default_root_dir", str(tmp_path), *QUIET]
     args += ["--trainer.limit_train_batches", "5", "--trainer.limit_val_batches", "1"]
     for name in ("last", "best"):  # no earlier run yet; a best checkpoint no new run knows
@@ -243,6 +244,9 @@ def test_ckpt_path_last_resumes_the_newest_checkpoint_of_the_earlier_runs(tmp_pa
     assert f"--ckpt_path last: {saved}, the newest checkpoint in" in capsys.readouterr().out
     (second,) = set(tmp_path.rglob("*.ckpt")) - {saved}
     assert torch.load(second, weights_only=False)["epoch"] == 1  # one more epoch, not two from scratch
+    monkeypatch.setattr(rank_zero_only, "rank", 1)  # DDP's other processes run the command too: they say nothing
+    assert _newest_checkpoint("last", {"trainer": {"default_root_dir": str(tmp_path)}}) == str(second)
+    assert "--ckpt_path last" not in capsys.readouterr().out
 
 
 def test_csv_config_without_data_says_which_option_to_set(capsys):

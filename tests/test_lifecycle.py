@@ -267,6 +267,21 @@ class LogsOnly(Net):
         return losses.mean()
 
 
+class SkipsOdd(Net):
+    """Skips every other batch (returns None), the one an accumulated optimizer step falls on."""
+
+    def training_step(self, batch, batch_idx):
+        return None if batch_idx % 2 else super().training_step(batch, batch_idx)
+
+
+@pytest.mark.parametrize("objective", ["default", "paper"])
+def test_an_accumulated_step_whose_last_batch_is_skipped_still_moves_the_weights(tmp_path, objective):
+    callback = LossValCallback(objective=objective, show=0)
+    data = IndexedDataModule(BlobData(n=384))  # 12 batches: every optimizer step falls on a skipped one
+    fit(tmp_path, SkipsOdd(), callback, data, epochs=1, accumulate_grad_batches=2)
+    assert (callback.values != 1).any() and int(callback.visits.sum()) == 6 * 32  # batches 0, 2, ..., 10
+
+
 @pytest.mark.parametrize("objective", ["default", "paper"])
 def test_a_lossval_loss_that_is_only_logged_is_an_error_saying_so(tmp_path, objective):
     said = r"the loss training_step returned does not depend on self.lossval_loss\(...\).*return it, or a loss built"

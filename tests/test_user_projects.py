@@ -417,9 +417,14 @@ def test_a_collate_that_reorders_the_batch_is_refused_and_one_that_keeps_the_ord
             [y for _, y in samples]
         )
 
+    def sort_as_float_targets(samples):  # integer classes made float targets (for BCE, say): widened, still matched
+        padded, y = sort_by_length(samples)
+        return padded, y.float()
+
     scores = [(x, y / 10) for x, y in (Sequences()[i] for i in range(40))]
-    with pytest.raises(DataError, match=r"order of its own"):
-        next(iter(index_dataloader(DataLoader(scores, batch_size=8, shuffle=True, collate_fn=sort_scores))))
+    for data, collate in ((scores, sort_scores), (Sequences(), sort_as_float_targets)):
+        with pytest.raises(DataError, match=r"order of its own"):
+            next(iter(index_dataloader(DataLoader(data, batch_size=8, shuffle=True, collate_fn=collate))))
     for batch in index_dataloader(DataLoader(Sequences(), batch_size=8, shuffle=True, collate_fn=pad_in_order)):
         padded, _ = batch.data
         assert torch.equal(padded[:, 0], batch.index.float())  # row i is sample index[i]
