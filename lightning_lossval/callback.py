@@ -332,7 +332,7 @@ class LossValCallback(Callback):
         """The LossVal loss of the running training step's batch (what ``lossval_loss`` returns)."""
         index, batch = self._step
         features = batch_features(pl_module, batch, index, losses, features, self._store.numel(), self.preset.update)
-        labels, state = pl_module.lossval_targets(batch), getattr(self._store, "state", None)
+        labels, state = pl_module.lossval_targets(batch), self._store.call_state(first=self._calls == 0)
         if not self._checked_shapes:
             check_first_batch(index, features, labels, self._validation, self.preset.update)
             self._checked_shapes = True

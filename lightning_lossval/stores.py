@@ -56,6 +56,11 @@ class _Store:
     def numel(self) -> int:
         return self.visits.numel()
 
+    def call_state(self, first: bool) -> dict[str, Tensor] | None:
+        """The update rule's state for a LossVal loss of the running training step (none: a rule in the
+        user's optimizer keeps it there)."""
+        return None
+
     def begin_batch(self) -> None:
         self.fresh = len(self.pending)
 
@@ -192,6 +197,15 @@ class SparseWeights(_Store):
         self.visits = self.visits.to(device)
         self.state = {name: tensor.to(device) for name, tensor in self.state.items()}
         self.pending.clear()
+
+    def call_state(self, first: bool) -> dict[str, Tensor]:
+        """The state itself for the running training step's first LossVal loss; for another of the same step (a
+        loss computed again to log it, say) a copy with the running scales as they were before the first, so
+        that none moves twice and every LossVal loss of the step is the same."""
+        if first:
+            self.before = {name: self.state[name].clone() for name in self.rule.synced}
+            return self.state
+        return {**self.state, **{name: tensor.clone() for name, tensor in self.before.items()}}
 
     def select(self, index: Tensor) -> Tensor:
         index = index.to(self.weights.device)

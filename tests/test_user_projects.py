@@ -703,3 +703,23 @@ def test_a_plain_lightningcli_wraps_a_datamodule_in_indexed_datamodule_from_yaml
     assert cli.trainer.num_training_batches == 6  # 96 rows in batches of 16
     values = next(c for c in cli.trainer.callbacks if isinstance(c, LossValCallback)).values
     assert values.shape == (96,) and (values != 1).any()
+
+
+class LogsThenReturns(Net):
+    """Logs a LossVal loss and returns another of the same batch, as a user who logs what they return might."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        losses = F.cross_entropy(self(x), y, reduction="none")
+        self.log("train_loss", self.lossval_loss(losses))
+        return self.lossval_loss(losses)
+
+
+def test_a_second_lossval_loss_in_a_step_leaves_the_values_as_one(tmp_path):
+    once, twice = LossValCallback(export=False, show=0), LossValCallback(export=False, show=0)
+    for model, callback in ((Net, once), (LogsThenReturns, twice)):
+        L.seed_everything(0)  # the same network and batches
+        fit(tmp_path, model(), [callback], epochs=2)
+    assert (once.values != 1).any()
+    torch.testing.assert_close(twice.values, once.values, rtol=0, atol=1e-6)
+    assert torch.equal(twice.visits, once.visits)  # the same rows twice in a step are one visit
