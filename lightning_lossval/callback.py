@@ -273,7 +273,7 @@ class LossValCallback(Callback):
         directory = values_dir(trainer) if self.export else None  # a collective under DDP: every rank asks
         if not trainer.is_global_zero:
             return
-        self._store.columns = {**row_columns(trainer, pl_module, self._noisy), "visits": self.visits.tolist()}
+        self._store.columns = row_columns(trainer, pl_module, self._noisy, self._store.visits)
         values = check_finite(self.values, "export", self.preset.update)
         if directory is not None:
             self.values_path = save_values_somewhere(directory, values, self.columns)

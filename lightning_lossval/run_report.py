@@ -53,11 +53,14 @@ def log_detection(trainer: Trainer, values: Tensor, noisy: Tensor, measured: Ten
         logger.log_metrics({f"lossval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
 
 
-def row_columns(trainer: Trainer, pl_module: LightningModule, noisy: Tensor | None) -> dict[str, list]:
+def row_columns(
+    trainer: Trainer, pl_module: LightningModule, noisy: Tensor | None, visits: Tensor, predict: bool = True
+) -> dict[str, list]:
     """The per-row columns of ``values.csv``: the DataModule's ``row_columns()``, the module's
-    ``lossval_predict`` (decoded by the DataModule's ``format_target``) and ``noisy``, when known."""
+    ``lossval_predict`` (decoded by the DataModule's ``format_target``; ``predict=False``: none),
+    ``noisy`` when known, and ``visits``."""
     columns = _datamodule_columns(trainer)
-    if callable(getattr(pl_module, "lossval_predict", None)):
+    if predict and callable(getattr(pl_module, "lossval_predict", None)):
         index, predictions = _predict_training_set(trainer, pl_module)
         decode = getattr(trainer.datamodule, "format_target", None)
         decoded = decode(predictions) if callable(decode) else predictions.tolist()
@@ -67,6 +70,7 @@ def row_columns(trainer: Trainer, pl_module: LightningModule, noisy: Tensor | No
         columns["prediction"] = column
     if noisy is not None:
         columns["noisy"] = noisy.tolist()
+    columns["visits"] = visits.cpu().tolist()
     return columns
 
 
@@ -128,17 +132,15 @@ def save_interrupted(
     """After Ctrl-C or SIGTERM (``exception`` a ``KeyboardInterrupt``, or the ``SIGTERMException`` Lightning raises
     when a scheduler, ``timeout`` or ``docker stop`` ends the job), the values ``store`` holds so far into the
     run's folder, with the DataModule's row columns, ``noisy`` when known and the visits, and a line that says
-    where; on rank zero and without a collective (the other ranks may be gone). Anything else, or
-    non-finite weights: nothing."""
+    where; on rank zero and without a collective (the other ranks may be gone). The store keeps those
+    columns (the callback's ``table()``). Anything else, or non-finite weights: nothing."""
     if not isinstance(exception, (KeyboardInterrupt, SIGTERMException)) or not trainer.is_global_zero:
         return None
     values = store.values().detach().float().cpu()
     if not torch.isfinite(values).all():
         return None
-    columns = _datamodule_columns(trainer)
-    if noisy is not None:
-        columns["noisy"] = noisy.tolist()
-    columns["visits"] = store.visits.cpu().tolist()
+    # no prediction: the network is not run again after an interrupt
+    columns = row_columns(trainer, trainer.lightning_module, noisy, store.visits, predict=False)
     store.columns = columns  # the callback's table() and to_csv() now match the file
     path = save_values_somewhere(Path(_run_dir(trainer)), values, columns)  # no broadcast: rank zero alone
     print(f"\nLossVal: fit interrupted in epoch {trainer.current_epoch}; the values learned so far: {path}", flush=True)
