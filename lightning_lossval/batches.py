@@ -3,6 +3,7 @@ one loss per sample that trains the network, and finite losses and features."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -65,19 +66,23 @@ def per_sample_loss_error(shape: tuple[int, ...], batch_size: int) -> str:
     got = f"lossval_loss expects one loss per sample, shape [{batch_size}], got {shape}"
     if len(shape) == 0:
         return f"{got}: the loss is already reduced; compute it with reduction='none'"
+    reduce = (
+        "reduce each sample's values to one, losses.flatten(1).mean(1) (per-token losses with padding: each "
+        "sample's mean over its own tokens, (losses * mask).sum(1) / mask.sum(1).clamp_min(1))"
+    )
     if shape == (batch_size, batch_size) and batch_size > 1:
         return (
-            f"{got}: [B, B] is what a [B, 1] output and a [B] target broadcast to in the loss function (each "
-            "output against every target); give both the same shape, e.g. F.mse_loss(pred.squeeze(1), y, "
-            "reduction='none')"
+            f"{got}: if a [B, 1] output met a [B] target in the loss function, they broadcast to [B, B] (each "
+            "output against every target): give both the same shape, e.g. F.mse_loss(pred.squeeze(1), y, "
+            f"reduction='none'); if these are several values per sample (per token or output), {reduce}"
         )
     if len(shape) > 1 and shape[0] == batch_size:
-        return (
-            f"{got}: one row per sample with extra dimensions (e.g. F.mse_loss(pred, y.unsqueeze(1), "
-            "reduction='none') on a [B, 1] output); pass losses.squeeze(1) or losses.flatten() when there is one "
-            "value per sample, or average the rest per sample with losses.flatten(1).mean(1) (per-token losses "
-            "with padding: each sample's mean over its own tokens, (losses * mask).sum(1) / mask.sum(1).clamp_min(1))"
-        )
+        if math.prod(shape[1:]) == 1:
+            return (
+                f"{got}: one value per sample with extra dimensions (e.g. F.mse_loss(pred, y.unsqueeze(1), "
+                "reduction='none') on a [B, 1] output); pass losses.squeeze(1) or losses.flatten()"
+            )
+        return f"{got}: several values per sample (per output, label or token); {reduce}"
     if len(shape) == 1 and shape[0] % batch_size:  # not a whole number of values per sample
         return (
             f"{got}: the batch held {batch_size} samples when it left the DataLoader. Either the loss is not one "

@@ -24,7 +24,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
 
 from lightning_lossval.errors import DataError
 
@@ -129,10 +129,22 @@ def validation_parts(data: Any, origin: str = "val_data") -> list[Tensor | Itera
             )
         return [part for item in data for part in validation_parts(item, origin)]
     if isinstance(data, Dataset):
-        return [DataLoader(data, batch_size=1024)]
+        return [DataLoader(data, batch_size=1024, collate_fn=_collate_dataset)]
     if isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
         return [data]
     raise DataError(f"{origin} of type {type(data).__name__} cannot be read as a validation set: {VALIDATION_HELP}")
+
+
+def _collate_dataset(items: list) -> Any:
+    """``default_collate`` of a validation ``Dataset``'s items, refused with the fix when they cannot be stacked."""
+    try:
+        return default_collate(items)
+    except (RuntimeError, TypeError) as error:
+        raise DataError(
+            f"the validation Dataset's items cannot be stacked into a batch by PyTorch's default collate ({error}): "
+            "pass val_data=DataLoader(dataset, batch_size=..., collate_fn=...) with the collate_fn that pads or "
+            "batches them, as your training loader's does"
+        ) from error
 
 
 def validation_data(
@@ -225,5 +237,17 @@ def _checked(
         raise DataError(
             "the objective's label_weight > 0 compares labels, but the validation data has no targets: pass "
             "val_data=(inputs, targets), a Dataset/DataLoader of (input, target) batches, or set label_weight=0"
+        )
+    kinds = {(str(t.dtype).removeprefix("torch."), tuple(t.shape[1:])) for t in targets}
+    classes_or_numeric = all(t.is_floating_point() or t.dim() == 1 for t in targets)
+    if len(kinds) > 1 or not classes_or_numeric or sum(len(t) for t in targets) != rows:
+        found = ", ".join(f"{dtype} [rows{''.join(f', {n}' for n in shape)}]" for dtype, shape in sorted(kinds))
+        if sum(len(t) for t in targets) != rows:
+            found += f" with {sum(len(t) for t in targets)} rows for {rows} rows of features"
+        raise DataError(
+            f"label-aware transport (label_weight > 0) compares one target per validation row, integer classes [V] "
+            f"or float numeric targets [V] / [V, K] of one width, but the targets of {origin} are {found}: return "
+            "multi-hot targets as floats from lossval_targets(batch); per-token targets have no one label per row, "
+            "so set label_weight=0"
         )
     return joined, torch.cat(targets)

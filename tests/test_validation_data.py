@@ -129,6 +129,35 @@ def test_unusable_val_data_is_refused(case, message):
         fit(callback=LossValCallback(val_data=val_data), train_dataloaders=train_loader(data))
 
 
+class Ragged(torch.utils.data.Dataset):
+    """Items of two lengths, as token sequences are: PyTorch's default collate cannot stack them."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i, : 1 + i % 2]
+
+
+def test_a_validation_dataset_the_default_collate_cannot_batch_names_the_fix():
+    data = BlobData()
+    message = r"validation Dataset's items cannot be stacked .*stack expects.*pass val_data=DataLoader\(dataset"
+    with pytest.raises(DataError, match=message):
+        fit(callback=LossValCallback(val_data=Ragged(data.val_set.tensors[0])), train_dataloaders=train_loader(data))
+
+
+def test_label_aware_transport_refuses_integer_targets_of_several_values_per_row():
+    data = BlobData()
+    x, y = data.val_set.tensors
+    multi_hot = F.one_hot(y, 3)  # integer [V, 3]: per-row label sets, or per-token classes, not one class each
+    callback = LossValCallback(val_data=[x, multi_hot], objective={"label_weight": 1.0})
+    with pytest.raises(DataError, match=r"targets of val_data are int64 \[rows, 3\]: return multi-hot targets as"):
+        fit(callback=callback, train_dataloaders=train_loader(data))
+
+
 @pytest.mark.parametrize("source", ["val_data", "val_dataloaders"])
 def test_one_validation_row_is_refused(source):
     data = BlobData()
@@ -203,12 +232,17 @@ class Regressor(Net):
 @pytest.mark.parametrize(
     "shape, message",
     [
-        ("[B, 1]", r"shape \[32\], got \(32, 1\): one row per sample.*pass losses.squeeze\(1\) or losses.flatten\(\)"),
+        ("[B, 1]", r"shape \[32\], got \(32, 1\): one value per sample.*pass losses.squeeze\(1\) or losses.flatten\(\)"),
         (
             "[B, 3]",
-            r"got \(32, 3\): .*average the rest per sample with losses.flatten\(1\).mean\(1\) \(per-token.*mask",
+            r"got \(32, 3\): several values per sample.*; reduce each sample's values to one, "
+            r"losses.flatten\(1\).mean\(1\) \(per-token.*mask",
         ),
-        ("[B, B]", r"got \(32, 32\): \[B, B\] is what a \[B, 1\] output and a \[B\] target broadcast to"),
+        (
+            "[B, B]",
+            r"got \(32, 32\): if a \[B, 1\] output met a \[B\] target.*broadcast to \[B, B\].*pred.squeeze\(1\)"
+            r".*if these are several values per sample \(per token or output\), reduce each sample's values",
+        ),
         ("[2B]", r"got \(64,\): the first dimension must be.*losses.view\(32, -1\), then.*mask.sum\(1\)"),
         ("scalar", r"got \(\): the loss is already reduced; compute it with reduction='none'"),
     ],
