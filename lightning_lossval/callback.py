@@ -57,7 +57,7 @@ from lightning_lossval.batches import INDEX_HELP, batch_features, check_first_ba
 from lightning_lossval.data import Indexed, IndexedDataset, load_pending_state, several_loaders_error
 from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.mixin import WEIGHTS, LossValMixin
-from lightning_lossval.objective import Objective, lossval_objective, prepare_validation
+from lightning_lossval.objective import Objective, lossval_objective, prepare_validation, validation_on
 from lightning_lossval.presets import Preset, resolve
 from lightning_lossval.ranks import check_strategy
 from lightning_lossval.report import save_values, values_table, write_csv
@@ -100,6 +100,10 @@ NOTHING_TRAINED = (
 FRESH_WEIGHTS = (
     "holds no LossVal weights (written without this callback): they start at 1.0 and value the epochs from here on"
 )
+NOT_CALLED = (
+    "training_step did not call self.lossval_loss(per_sample_losses): LossVal needs one loss per sample; compute "
+    "the loss with reduction='none' and return self.lossval_loss(losses)"
+)
 
 
 class LossValCallback(Callback):
@@ -115,10 +119,9 @@ class LossValCallback(Callback):
         cb.to_csv("values.csv")
 
     Args:
-        val_data: the validation set the batches are compared with: a ``[V, ...]`` tensor of features, a
-            ``Dataset`` or ``DataLoader`` whose batches go through the module's ``lossval_features``, an
-            ``(inputs, targets)`` tuple or list of tensors, or ``None`` for the loaders the fit validates
-            on (``val_dataloaders``, the DataModule's or the module's ``val_dataloader``).
+        val_data: the validation set the batches are compared with: a ``[V, ...]`` feature tensor, an ``(inputs,
+            targets)`` tuple or list of tensors, a ``Dataset`` or ``DataLoader`` whose batches go through the
+            module's ``lossval_features``, or ``None`` for the fit's (``val_dataloaders``, ``val_dataloader()``).
         lr: the weights' step size, replacing the update rule's (0.05 for the default's balanced step,
             which moves a sample by at most ``2 * lr`` per visit; 0.01 for the paper's Adam).
         objective: a preset name (``"default"``, ``"labels"``, ``"paper"``), a mapping of single fields that
@@ -133,9 +136,8 @@ class LossValCallback(Callback):
         noisy_mask: ``[N]`` bool, the rows known to be corrupted (default: the DataModule's
             ``noisy_mask`` attribute, if any); enables the detection metrics.
         show: how many of the lowest-valued rows to print and log as text at the end of fit.
-        sparse: ``False``: dense store, the weights in the user's optimizer (the paper's way,
-            Adam only); ``True``: the sparse store; ``None``: sparse from 100,000 training samples
-            on, or whenever the update rule moves only the batch's samples (the default's).
+        sparse: ``False``: dense store, the weights in the user's optimizer (the paper's way, Adam only);
+            ``True``: sparse; ``None``: sparse from 100,000 samples on, or when the rule moves only the batch's.
     """
 
     def __init__(
@@ -158,8 +160,8 @@ class LossValCallback(Callback):
         self.export, self.noisy_mask, self.show, self.sparse = export, noisy_mask, show, sparse
         self.in_training_step, self.values_path = False, None  # values_path: where this fit's values.csv went
         self._store = self._previous = None  # DenseWeights | SparseWeights: this fit's, and the fit before's
-        self._fitting = self._started = False  # between setup and teardown of fit; after on_fit_start
-        self._validation, self._validation_epoch = None, -1  # objective.Validation, made at that epoch's start
+        self._fitting = self._started = self._refresh = False  # in fit; after on_fit_start; features refreshed
+        self._validation, self._validation_epoch, self._saved_validation = None, -1, None  # that epoch's; a ckpt's
         self._step: Indexed | None = None  # the running training step's indices and batch
         self._index: Tensor | None = None  # the indices of the batch the strategy moved last
         self._calls, self._checked_shapes, self._last_logged_step, self._noisy = 0, False, -1, None
@@ -236,13 +238,12 @@ class LossValCallback(Callback):
         self._store.start(trainer, optimizer)
         self._prepare_validation(trainer, pl_module)
         self._noisy = noisy_mask(self.noisy_mask, trainer, self._store.numel())
-        self._checked_shapes, self._last_logged_step = False, -1
-        self._automatic = pl_module.automatic_optimization
-        self._started = True
+        self._checked_shapes, self._last_logged_step, self._started = False, -1, True
+        self._automatic, self._refresh = pl_module.automatic_optimization, pl_module.lossval_refresh_validation
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if pl_module.lossval_refresh_validation and trainer.current_epoch > self._validation_epoch:
+        if self._refresh and trainer.current_epoch > self._validation_epoch:
             self._prepare_validation(trainer, pl_module)
 
     @override
@@ -285,7 +286,10 @@ class LossValCallback(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {} if self._store is None else save_state(self._store, self.preset)
+        state = {} if self._store is None else save_state(self._store, self.preset)
+        if self._refresh and self._validation is not None:  # features from the network as the epoch began
+            state["validation"] = (self._validation_epoch, validation_on(self._validation, "cpu")._asdict())
+        return state
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -294,11 +298,14 @@ class LossValCallback(Callback):
         if not self._fitting:  # trainer.test / validate / predict(ckpt_path=...)
             return rank_zero_info(f"LossValCallback: {NOT_LOADED}")
         load_state(self._store, state_dict, self.preset)
-        self._resumed = True
+        self._resumed, self._saved_validation = True, state_dict.get("validation")
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         load_pending_state(trainer)
+        saved, self._saved_validation = self._saved_validation, None  # a mid-epoch checkpoint's: as its epoch began
+        if self._refresh and saved is not None and saved[0] == trainer.current_epoch:
+            self._validation, self._validation_epoch = validation_on(saved[1], pl_module.device), saved[0]
         if trainer.ckpt_path and not self._resumed:  # after every strategy's restore
             rank_zero_info(f"LossValCallback: {trainer.ckpt_path} {FRESH_WEIGHTS}")
 
@@ -306,14 +313,14 @@ class LossValCallback(Callback):
     def _training_step(self, trainer: Trainer, step: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(batch, Indexed):  # a batch that did not pass the strategy's batch_to_device
             self._index, batch = batch
-        number = trainer.fit_loop.epoch_loop.total_batch_idx
-        if self._index is not None:  # a new batch; an optimizer that evaluates its closure again (LBFGS) reuses it
+        number, again = trainer.fit_loop.epoch_loop.total_batch_idx, self._index is None
+        if not again:  # a new batch; an optimizer that evaluates its closure again (LBFGS) reuses it
             self._batch, self._index = (number, self._index), None
         elif self._batch[0] != number:
             raise DataError(f"the training batch carries no sample indices: {INDEX_HELP}")
         if not self._started:  # a tuner's trial fit before this fit's start: the plain loss, weights untouched
             return step(batch, *args, **kwargs)
-        self._store.begin_batch()
+        self._store.begin_batch(again)
         self._step, self._calls, self.in_training_step = Indexed(self._batch[1], batch), 0, True
         try:
             output = step(batch, *args, **kwargs)
@@ -322,10 +329,7 @@ class LossValCallback(Callback):
         if output is None and self._automatic:  # the step skips this batch, as Lightning allows
             self._store.skip_batch()
         elif self._calls == 0 and output is not None:
-            raise ConfigError(
-                "training_step did not call self.lossval_loss(per_sample_losses): LossVal needs one loss per "
-                "sample; compute the loss with reduction='none' and return self.lossval_loss(losses)"
-            )
+            raise ConfigError(NOT_CALLED)
         return output
 
     def loss(self, pl_module: LightningModule, losses: Tensor, features: Tensor | None) -> Tensor:

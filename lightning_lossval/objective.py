@@ -28,7 +28,6 @@ from lightning_lossval.sinkhorn import (
     cloud_diameter,
     cost_matrix,
     debiased_potentials,
-    epsilon_schedule,
     ground_cost,
     label_cost,
     quantize,
@@ -160,6 +159,12 @@ class Validation(NamedTuple):
     label_scale: float  # label_weight times the mean validation cost
     schedule: list[float] | None  # the annealing temperatures; None: from each batch's diameter
     potential: Tensor | None  # the debias potential, when the schedule is fixed
+
+
+def validation_on(fields: Validation | dict[str, Any], device: torch.device | str) -> Validation:
+    """``fields`` (a :class:`Validation`, or its ``_asdict()`` as checkpoints keep it) on ``device``."""
+    fields = fields._asdict() if isinstance(fields, Validation) else fields
+    return Validation(**{name: v.to(device) if isinstance(v, Tensor) else v for name, v in fields.items()})
 
 
 def prepare_validation(features: Tensor, labels: Tensor | None, objective: Objective) -> Validation:
@@ -371,7 +376,7 @@ def lossval_objective(
                 "this training batch's features hold NaN or inf, so their transport to the validation set is "
                 "undefined: clean or drop those rows, or skip such batches in training_step before lossval_loss"
             )
-        eps_list = epsilon_schedule(solver.p, diameter, solver.blur, solver.scaling)
+        eps_list = solver.schedule(diameter)  # from at least the blur: a batch on top of the validation rows
     if validation.labels is not None and labels is None:
         raise DataError("label_weight > 0 needs the batch's targets: pass labels=...")
     y_labels, scale = validation.labels, validation.label_scale
@@ -388,4 +393,5 @@ def lossval_objective(
             f, g = debiased_potentials(a, validation.masses, c_xy, c_xx, c_yy, eps_list, validation.potential)
         ot = (a * f).sum() + (validation.masses * g).sum()
     parts = Parts(weights, masses, a, losses, loss, f, ot, labels, x, objective)
-    return parts.value() if update is None else update.loss(parts, {} if state is None else state)
+    with torch.autocast(x.device.type, enabled=False):  # the update's distances and sums in float32 too
+        return parts.value() if update is None else update.loss(parts, {} if state is None else state)

@@ -47,7 +47,7 @@ class _Store:
         self.visits = torch.zeros(n, dtype=torch.long)
         # (index, leaf, counts) of each LossVal loss since the step; counts: its batch's first in its training step
         self.pending: list[tuple[Tensor, Tensor | None, bool]] = []
-        self.fresh = 0  # pending[fresh:] came from the running training step
+        self.fresh, self.again = 0, False  # pending[fresh:] came from the running training step; again: its batch
         self.selected = 0  # batches whose LossVal loss was computed in this fit
         self.applied = False  # an optimizer step carried the LossVal gradient of its own training step
         self.stepped = -1  # the number of the last batch an optimizer step took in
@@ -61,8 +61,9 @@ class _Store:
         user's optimizer keeps it there)."""
         return None
 
-    def begin_batch(self) -> None:
-        self.fresh = len(self.pending)
+    def begin_batch(self, again: bool = False) -> None:
+        """A training step starts; ``again``: on the batch of the one before (a closure LBFGS evaluates again)."""
+        self.fresh, self.again = len(self.pending), again
 
     def skip_batch(self) -> None:
         """Forget the running training step's LossVal losses: it returned None, so Lightning skips its
@@ -165,7 +166,7 @@ class DenseWeights(_Store):
 
     def state_dict(self) -> dict[str, Any]:
         # here rather than in the module's state dict, so checkpoints load into a module built without LossVal
-        return {"weights": self.weights.detach().cpu().clone(), "visits": self.visits.cpu()}
+        return {"weights": self.weights.detach().cpu().clone(), "visits": self.visits.cpu().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "weights" not in state:  # an older checkpoint: the module's state dict held the weights
@@ -202,7 +203,7 @@ class SparseWeights(_Store):
         """The state itself for the running training step's first LossVal loss; for another of the same step (a
         loss computed again to log it, say) a copy with the running scales as they were before the first, so
         that none moves twice and every LossVal loss of the step is the same."""
-        if first:
+        if first and not self.again:
             self.before = {name: self.state[name].clone() for name in self.rule.synced}
             return self.state
         return {**self.state, **{name: tensor.clone() for name, tensor in self.before.items()}}
@@ -249,8 +250,8 @@ class SparseWeights(_Store):
         return self.weights
 
     def state_dict(self) -> dict[str, Any]:
-        state = {name: tensor.cpu() for name, tensor in self.state.items()}
-        return {"weights": self.weights.cpu(), "visits": self.visits.cpu(), **state}
+        state = {"weights": self.weights, "visits": self.visits, **self.state}
+        return {name: tensor.detach().cpu().clone() for name, tensor in state.items()}  # not the live tensors
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._load_visits(state)
@@ -280,12 +281,8 @@ def new_store(n: int, rule: UpdateRule, sparse: bool | None, device: torch.devic
 
 def save_state(store: DenseWeights | SparseWeights, preset: Preset) -> dict[str, Any]:
     """The callback's checkpoint state."""
-    return {
-        "num_samples": store.numel(),
-        "sparse": store.sparse,
-        "objective": describe(preset),
-        "store": store.state_dict(),
-    }
+    state = {"num_samples": store.numel(), "sparse": store.sparse, "objective": describe(preset)}
+    return {**state, "store": store.state_dict()}
 
 
 def load_state(store: DenseWeights | SparseWeights, state: dict[str, Any], preset: Preset) -> None:
@@ -294,7 +291,7 @@ def load_state(store: DenseWeights | SparseWeights, state: dict[str, Any], prese
     if state["sparse"] != store.sparse:
         kind = "sparse" if state["sparse"] else "dense"
         raise ResumeError(
-            f"the checkpoint was trained with the {kind} weight store: resume with sparse={state['sparse']}"
+            f"the checkpoint was trained with the {kind} weight store: resume with sparse={kind == 'sparse'}"
         )
     store.load_state_dict(state["store"])
 
@@ -348,6 +345,11 @@ def check_dense_setup(trainer: Trainer, pl_module: Any, store: _Store, optimizer
     their learning rate, or fail on their group)."""
     if store.sparse:
         return
+    if store.weights.dtype in (torch.float16, torch.bfloat16):
+        raise ConfigError(
+            f"precision={trainer.precision!r} makes the module's parameters {store.weights.dtype}, this objective's "
+            "weights among them (3 digits of a weight); use bf16-mixed, or objective='default' (its own weights)"
+        )
     if isinstance(optimizer, torch.optim.LBFGS):
         raise ConfigError(
             "LBFGS takes one param group, and this objective's weights join your optimizer as a second; use "

@@ -51,12 +51,15 @@ class UpdateRule:
         raise NotImplementedError
 
 
-def _positive_lr(rule: UpdateRule) -> None:
+def _check_step(rule: UpdateRule) -> None:
     if not (isinstance(rule.lr, (int, float)) and rule.lr > 0):
         raise ConfigError(
             f"the weights' learning rate (lr, --lossval.lr on the command line) must be a positive number, got "
             f"{rule.lr!r}"
         )
+    clip = getattr(rule, "clip", 1.0)
+    if isinstance(clip, bool) or not (isinstance(clip, (int, float)) and clip > 0):
+        raise ConfigError(f"clip (a weight's largest step, in units of lr) must be a positive number, got {clip!r}")
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class Adam(UpdateRule):
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        _positive_lr(self)
+        _check_step(self)
 
     def state(self, n: int) -> dict[str, Tensor]:
         return {"exp_avg": torch.zeros(n), "exp_avg_sq": torch.zeros(n), "steps": torch.zeros(n, dtype=torch.int32)}
@@ -101,7 +104,7 @@ class Normalized(UpdateRule):
     clip: float = 2.0
 
     def __post_init__(self) -> None:
-        _positive_lr(self)
+        _check_step(self)
 
     def step(self, weights: Tensor, index: Tensor, grad: Tensor, state: dict[str, Tensor]) -> None:
         normalized_step(weights, index, grad, lr=self.lr, clip=self.clip)
@@ -153,7 +156,7 @@ class Balanced(UpdateRule):
     target_reference: float = 0.35
 
     def __post_init__(self) -> None:
-        _positive_lr(self)
+        _check_step(self)
         if isinstance(self.contrast, bool) or not (isinstance(self.contrast, (int, float)) and self.contrast >= 0):
             raise ConfigError(f"contrast must be a number >= 0 (0: off), got {self.contrast!r}")
         reference = self.target_reference
@@ -194,8 +197,8 @@ class Balanced(UpdateRule):
         k, ot, a, f = parts.objective.exponent, parts.ot.detach(), parts.transport_masses.detach(), parts.potentials
         tiny = torch.finfo(f.dtype).tiny
         with torch.no_grad():
-            mean_loss = parts.loss.detach()
-            loss_dev, potential_dev = parts.losses.detach() - mean_loss, f - (a * f).sum()
+            mean_loss = parts.loss.detach().float()  # float32 like the running state, also under 64-true
+            loss_dev, potential_dev = parts.losses.detach().float() - mean_loss, f - (a * f).sum()
             # d(L_w * S**k)/dm_i is proportional to S**k * loss_dev_i + k * L_w * S**(k-1) * potential_dev_i
             ratio = k * mean_loss * _rms(potential_dev) / (ot * _rms(loss_dev))
             if self.target_reference > 0 and parts.labels is not None:
@@ -252,7 +255,8 @@ def target_reference(
     q = (y - m) ** 2 / v.clamp_min(tiny)
     fit = [(masses * q).sum(), (masses * loss_dev).sum(), (masses * q * loss_dev).sum(), (masses * q * q).sum()]
     eq, ed, eqd, eqq = running_mean(state["target_fit"], torch.stack(fit), numeric)
-    beta = ((eqd - eq * ed) / (eqq - eq * eq).clamp_min(tiny)).clamp_min(0)
+    spread = eqq - eq * eq  # the variance of q: rounding alone where every q is alike (a batch of 2 rows)
+    beta = torch.where(spread > 1e-6 * eqq, (eqd - eq * ed) / spread.clamp_min(tiny), 0.0).clamp_min(0)
     adjusted = loss_dev - amount * beta * (q - eq)
     return torch.where(numeric, adjusted - (masses * adjusted).sum(), loss_dev)
 
@@ -291,9 +295,10 @@ def far_side(deviation: Tensor, masses: Tensor) -> Tensor:
 
 def running_mean(pair: Tensor, value: Tensor, valid: Tensor | bool = True) -> Tensor:
     """Fold ``value`` (a scalar, or ``[k]``) into the bias-corrected moving average(s) kept in ``pair``
-    ``[1 + k]`` (count, totals), in place, unless ``valid`` is false, and return the average(s), shaped
-    like ``value``. No host sync."""
-    valid = torch.as_tensor(valid, device=pair.device)
+    ``[1 + k]`` (count, totals), in place, unless ``valid`` is false or ``value`` is not finite (an fp16
+    loss that overflowed must not freeze the average for the rest of the fit), and return the average(s),
+    shaped like ``value``. No host sync."""
+    valid = torch.as_tensor(valid, device=pair.device) & torch.isfinite(value).all()
     totals = pair[1:]
     pair[0] = pair[0] + valid.float()
     pair[1:] = torch.where(valid, RUNNING_BETA * totals + (1 - RUNNING_BETA) * value, totals)

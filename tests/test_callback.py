@@ -230,6 +230,34 @@ def test_mid_epoch_resume_when_configure_optimizers_counts_the_steps(tmp_path):
     assert (straight.values - resumed.values).abs().max().item() <= 1e-6
 
 
+class EmbeddingCrashingNet(CrashingNet):
+    """Compares rows by its hidden layer, which changes as it trains (``lossval_refresh_validation``)."""
+
+    lossval_refresh_validation = True
+
+    def lossval_features(self, batch):
+        return self.net[:2](batch[0])
+
+
+@pytest.mark.parametrize("crash_at", [5, 17], ids=["first-epoch", "second-epoch"])
+def test_mid_epoch_resume_with_features_from_the_network_is_exact(tmp_path, crash_at):
+    # the validation features of the resumed epoch are the network's as that epoch began, not as restored
+    def run(root, crash_at=None, ckpt_path=None):
+        checkpoint = ModelCheckpoint(dirpath=root / "ckpt", every_n_train_steps=3, save_last=True)
+        args = dict(callbacks=[checkpoint], enable_checkpointing=True, deterministic=True, ckpt_path=ckpt_path)
+        L.seed_everything(0)
+        try:
+            return fit(root, model=EmbeddingCrashingNet(crash_at), **args)[2]
+        except Crash:
+            return None
+
+    straight = run(tmp_path / "straight")
+    assert run(tmp_path / "first", crash_at=crash_at) is None  # last.ckpt: after step 3 or 15, mid-epoch
+    resumed = run(tmp_path / "second", ckpt_path=tmp_path / "first" / "ckpt" / "last.ckpt")
+    assert (straight.values - 1).abs().max() > 0.05
+    assert (straight.values - resumed.values).abs().max().item() <= 1e-6
+
+
 class WorkerData(BlobData):
     def __init__(self, workers: int):
         super().__init__()

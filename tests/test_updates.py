@@ -286,6 +286,8 @@ def test_rules_own_their_options_state_and_store():
         (lambda: Balanced(ot_share=-0.1), "ot_share"),
         (lambda: Balanced(ot_share="half"), "ot_share"),
         (lambda: Balanced(ot_share_max=0.0), "ot_share_max"),
+        (lambda: Balanced(clip=0), r"clip \(a weight's largest step, in units of lr\) must be a positive number"),
+        (lambda: Normalized(clip=-1), r"clip .* must be a positive number, got -1"),
         (lambda: Balanced(contrast=-0.1), "contrast must be a number >= 0"),
         (lambda: Balanced(contrast="wide"), "contrast must be a number >= 0"),
         (lambda: Balanced(target_reference=1.5), "target_reference must be a number from 0"),
@@ -378,3 +380,77 @@ def test_a_checkpoint_without_a_rules_newer_state_loads_with_that_state_fresh():
     )
     fresh = Balanced().state(4)
     assert all(torch.equal(store.state[k], fresh[k]) for k in ("target_mean", "target_var", "target_fit"))
+
+
+def test_a_first_batch_of_two_regression_rows_leaves_the_running_fit_finite():
+    from lightning_lossval.updates import Balanced, target_reference
+
+    # two rows are equally far from their mean: every q is 1, and the variance of q only rounding
+    state, masses = Balanced().state(2), torch.full((2,), 0.5)
+    for targets in ([1.0, 3.0], [0.37, 2.91], [1.1, 2.2]):
+        state = Balanced().state(2)
+        loss_dev = torch.tensor([0.2, -0.2])
+        torch.testing.assert_close(target_reference(loss_dev, torch.tensor(targets), masses, state), loss_dev)
+        assert all(torch.isfinite(t).all() for t in state.values())
+
+
+def test_a_value_that_is_not_finite_leaves_a_running_mean_as_it_was():
+    from lightning_lossval.updates import running_mean
+
+    pair = torch.zeros(3)
+    running_mean(pair, torch.tensor([1.0, 2.0]))
+    before = pair.clone()  # an fp16 loss that overflowed once must not freeze the average for the whole fit
+    torch.testing.assert_close(running_mean(pair, torch.tensor([float("inf"), 2.0])), torch.tensor([1.0, 2.0]))
+    assert torch.equal(pair, before)
+
+
+def test_float64_losses_alike_in_a_first_batch_give_the_weights_no_nan():
+    from lightning_lossval.updates import Balanced
+
+    # precision="64-true": float64 losses, all alike at the first step (a zero-initialised head), float32 state
+    rule, g = Balanced(), torch.Generator().manual_seed(0)
+    weights = torch.ones(8, requires_grad=True)
+    losses = torch.full((8,), 0.6931, dtype=torch.float64, requires_grad=True)
+    x, validation = torch.randn(8, D, generator=g), torch.randn(20, D, generator=g)
+    loss = lossval_objective(weights, losses, x, validation, update=rule, state=rule.state(8))
+    loss.backward()
+    assert loss.dtype == torch.float64 and torch.isfinite(loss) and torch.isfinite(weights.grad).all()
+
+
+def test_the_default_updates_statistics_are_float32_under_autocast():
+    from lightning_lossval.updates import Balanced
+
+    g = torch.Generator().manual_seed(0)
+    x, losses = 10 + torch.randn(32, D, generator=g), torch.rand(32, generator=g)  # rows far from the origin
+    labels = torch.randint(0, 3, (32,), generator=g)
+    validation = prepare_validation(10 + torch.randn(V, D, generator=g), None, Objective())
+
+    def weights_grad():
+        weights, rule = torch.ones(32, requires_grad=True), Balanced()
+        lossval_objective(weights, losses, x, validation, labels=labels, update=rule, state=rule.state(32)).backward()
+        return weights.grad
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the training step's autocast under bf16-mixed
+        mixed = weights_grad()
+    torch.testing.assert_close(mixed, weights_grad())
+
+
+def test_a_saved_state_does_not_change_with_later_steps():
+    from lightning_lossval.stores import SparseWeights
+    from lightning_lossval.updates import Balanced
+
+    store = SparseWeights(4, Balanced())
+    saved = store.state_dict()
+    store.weights[0] = 0.5
+    store.visits[0] += 1
+    store.state["step_scale"] += 1.0
+    assert saved["weights"][0] == 1 and saved["visits"][0] == 0 and (saved["step_scale"] == 0).all()
+
+
+def test_a_batch_on_top_of_the_validation_points_is_transported_at_the_blur():
+    from lightning_lossval.presets import PRESETS
+
+    # dead ReLUs: every embedding 0, on both sides, so the batch's diameter is 0
+    paper = PRESETS["paper"].objective  # its schedule starts from each batch's diameter
+    zeros = torch.zeros(B, D)
+    assert torch.isfinite(lossval_objective(torch.ones(B), torch.rand(B), zeros, zeros[:V], paper))

@@ -556,6 +556,12 @@ class LBFGSNet(Net):
         return torch.optim.LBFGS(self.parameters(), lr=0.5, max_iter=4)
 
 
+def test_a_half_precision_module_with_the_paper_objective_is_refused_saying_why(tmp_path):
+    # its weights are a module parameter while it fits, which bf16-true would round to about 3 digits
+    with pytest.raises(ConfigError, match=r"precision='bf16-true' makes the module's parameters torch.bfloat16"):
+        fit(tmp_path, Net(), [LossValCallback(objective="paper", show=0)], precision="bf16-true")
+
+
 def test_lbfgs_with_the_paper_objective_is_refused_saying_why(tmp_path):
     with pytest.raises(ConfigError, match=r"LBFGS takes one param group, and this objective's weights join"):
         fit(tmp_path, LBFGSNet(manual=False), [LossValCallback(objective="paper", show=0)])
@@ -572,6 +578,7 @@ def test_an_optimizer_that_evaluates_its_closure_again_steps_the_weights_once_pe
     fit(tmp_path, LBFGSNet(manual), [callback, Evaluations()], IndexedDataModule(data), epochs=3)
     assert len(steps) > len(set(steps)) == 3 * 13  # LBFGS evaluated its closure again on some batches
     assert torch.equal(callback.visits, torch.full((400,), 3))  # one visit per batch, not per evaluation
+    assert callback._store.state["loss_scale"][0] == 3 * 13  # the running scales too: one batch, one fold
     assert detection_report(callback.values, data.noisy)["auroc"] > 0.9
 
 
