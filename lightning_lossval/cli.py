@@ -21,6 +21,7 @@ A value your config gives is kept, one that differs from the data's is refused.
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import os
 import shutil
@@ -73,7 +74,11 @@ class LossValCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
-        description = "Value every training sample with LossVal. The shipped configs: lossval configs."
+        description = (
+            "Value every training sample with LossVal. The shipped configs: lossval configs. Options of the "
+            "classes a config names: lossval fit --data.help lightning_lossval.tabular.TabularDataModule (or "
+            "--model.help lightning_lossval.models.MLP)."
+        )
         # a bad option or config key raises (main prints it as lossval: error:) instead of printing the whole usage
         quiet = {name: {"exit_on_error": False} for name in self.subcommands()}
         kwargs.setdefault("parser_kwargs", {"description": description, "exit_on_error": False, **quiet})
@@ -271,10 +276,16 @@ def _newest_checkpoint(name: str, config: Any) -> str:
     return str(found[-1])
 
 
-def _user_error(error: BaseException | None) -> BaseException | None:
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC}
+
+
+def _user_error(error: BaseException | None) -> BaseException | str | None:
     """The LossValError (or Lightning's MisconfigurationException, e.g. ``lossval test`` of data without a
-    ``test_dataloader``) behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
+    ``test_dataloader``) behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``), or what
+    to do about a folder the run cannot write (its config.yaml, logs or checkpoints)."""
     while error is not None and not isinstance(error, (LossValError, MisconfigurationException)):
+        if isinstance(error, OSError) and error.errno in UNWRITABLE or "not writable" in str(error):
+            return f"cannot write there: {error}; give a folder you can write to as --trainer.default_root_dir"
         error = error.__cause__ or error.__context__
     return error
 

@@ -1,11 +1,10 @@
 """Tables as stripped strings, their checks and their encodings, for ``TabularDataModule``.
 
-A table comes from a CSV file (the standard library's ``csv`` module), a Parquet file (pyarrow)
-or a pandas DataFrame, and is checked and encoded the same way whatever its source. Every problem
-is a :class:`~lightning_lossval.errors.DataError` that names the source, line (CSV) or row
-(Parquet, DataFrame) and column and says what to do. Cells are stripped of surrounding spaces;
-blank CSV lines are skipped, as pandas does, so ``row`` numbers match a ``pandas.read_csv`` index
-(and a DataFrame's or Parquet file's positions) while CSV messages give the file's line numbers.
+A table comes from a CSV file (the standard library's ``csv``), a Parquet file (pyarrow) or a pandas
+DataFrame, and is checked and encoded the same way whatever its source. Every problem is a
+:class:`~lightning_lossval.errors.DataError` naming the source, line (CSV) or row (Parquet, DataFrame) and
+column, and what to do. Cells are stripped of surrounding spaces; blank CSV lines are skipped, as pandas
+does, so ``row`` numbers match a ``pandas.read_csv`` index (a DataFrame's or Parquet file's positions).
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ NUMERIC_MISSING_WORDS = MISSING_WORDS | {"null", "none"}
 MISSING_TEXT = "empty, NA, N/A or NaN in any case; in a column of numbers also null or none"
 MAX_SHOWN = 10  # names, values or lines listed in a message before "... and K more"
 PARQUET_SUFFIXES = (".parquet", ".pq")
+PACKED = "a zip archive: an Excel or OpenDocument workbook (save its sheet as CSV UTF-8), or a zipped CSV (unpack it)"
 # a detected categorical column with more distinct values than this and than half its rows looks like an id
 # or free text (one-hot encoding it would add a feature per row)
 MAX_AUTO_CATEGORIES = 20
@@ -106,9 +106,9 @@ def read_csv(path: str) -> Table:
         raise DataError(f"{path} does not exist; check the path given as --data.train_csv / --data.val_csv") from None
     except UnicodeDecodeError as e:
         with open(path, "rb") as f:
-            packed = {b"\x1f\x8b": "gzip-compressed", b"PK": "a zip archive"}.get(f.read(2))
+            packed = {b"\x1f\x8b": "gzip-compressed; unpack it and give the CSV inside", b"PK": PACKED}.get(f.read(2))
         if packed:
-            raise DataError(f"{path} is {packed}; unpack it and give the CSV inside") from None
+            raise DataError(f"{path} is {packed}") from None
         raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8 CSV") from None
     except csv.Error as e:
         raise DataError(f"line {line + 1} of {path} is not valid CSV ({e}); fix the quoting there") from None

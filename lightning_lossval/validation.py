@@ -106,6 +106,13 @@ def validation_parts(data: Any, origin: str = "val_data") -> list[Tensor | Itera
     if isinstance(data, np.ndarray) or (
         isinstance(data, (tuple, list)) and any(isinstance(t, np.ndarray) for t in data)
     ):
+        arrays = [t for t in (data if isinstance(data, (tuple, list)) else [data]) if isinstance(t, np.ndarray)]
+        if any(a.dtype.kind not in "biuf" for a in arrays):  # strings, objects, dates: no distances between rows
+            kinds = sorted({str(a.dtype) for a in arrays if a.dtype.kind not in "biuf"})
+            raise DataError(
+                f"{origin} holds NumPy arrays of {', '.join(kinds)}: give numbers, encoded as the "
+                "training inputs are (categories as one-hot columns or class indices)"
+            )
         data = [torch.as_tensor(t) for t in data] if isinstance(data, (tuple, list)) else torch.as_tensor(data)
     if isinstance(data, Tensor):
         return [data]

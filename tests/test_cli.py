@@ -559,6 +559,17 @@ def test_a_fit_ended_by_sigterm_exits_with_a_failure_status(monkeypatch):
     assert exit_info.value.code == 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
+def test_a_folder_the_run_cannot_write_is_a_user_error_naming_it():
+    # a read-only default_root_dir: Lightning's makedirs or jsonargparse's config check fail before training
+    denied = PermissionError(13, "Permission denied", "/data/runs/lightning_logs")
+    wrapped = RuntimeError("while saving the config")
+    wrapped.__cause__ = denied
+    said = cli._user_error(wrapped)
+    assert "cannot write there: [Errno 13] Permission denied: '/data/runs/lightning_logs'" in said
+    assert said.endswith("give a folder you can write to as --trainer.default_root_dir")
+    assert cli._user_error(FileNotFoundError(2, "No such file", "train.csv")) is None  # not about writing: raised
+
+
 @pytest.mark.parametrize("precision, space", [("64-true", "inputs"), ("bf16-true", "embedding")])
 def test_a_true_precision_values_and_predicts_every_row(tmp_path, precision, space):
     # the rows read at fit end (predictions) and at its start (embedded validation rows) take the precision's dtype

@@ -665,15 +665,20 @@ def test_missing_values_name_their_columns_and_an_empty_column_the_way_out(tmp_p
 
 def test_files_that_are_not_plain_csv_say_what_they_are(tmp_path):
     import gzip
+    import zipfile
 
     (tmp_path / "blank.csv").write_text("\n  \n\n")
     (tmp_path / "semi.csv").write_text("size;label\n1.5;a\n2.5;b\n")
     (tmp_path / "t.csv.gz").write_bytes(gzip.compress(b"size,label\n1.5,a\n2.5,b\n" * 50))
+    with zipfile.ZipFile(tmp_path / "book.xlsx", "w") as book:  # a workbook's parts, as Excel writes them
+        book.writestr("[Content_Types].xml", "<Types/>")
+        book.writestr("xl/workbook.xml", "<workbook/>")
     (tmp_path / "q.csv").write_text("size,label\n" + "".join(f"{i}.5,{'ab'[i % 2]}\n" for i in range(20)) + "?,a\n")
     for name, message in (
         ("blank.csv", r"blank.csv is empty: expected a header line"),
         ("semi.csv", r"header of .*semi.csv is one column, 'size;label': the file seems separated by ';'"),
         ("t.csv.gz", r"t.csv.gz is gzip-compressed; unpack it"),
+        ("book.xlsx", r"book.xlsx is a zip archive: an Excel or OpenDocument workbook \(save its sheet as CSV UTF-8\)"),
         ("q.csv", r"'\?' is not a number; fix it \(an empty cell marks a missing value, see --data.missing\)"),
     ):
         with pytest.raises(DataError, match=message):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -119,12 +120,14 @@ def test_val_data_as_a_list_of_tensors_is_inputs_and_targets():
         ("rows differ", r"val_data holds 2 tensors with \[100, 99\] rows; as \(inputs, targets\) every tensor"),
         ("mixed", r"val_data holds tensors among \['Tensor', 'DataLoader'\]: tensors go in alone"),
         ("not data", r"val_data of type int cannot be read as a validation set: pass LossValCallback\(val_data="),
+        ("text", r"val_data holds NumPy arrays of <U1: give numbers, encoded as the training inputs are"),
     ],
 )
 def test_unusable_val_data_is_refused(case, message):
     data = BlobData()
     x, y = data.val_set.tensors
-    val_data = {"rows differ": [x, y[:-1]], "mixed": [x, DataLoader(data.val_set)], "not data": 3}[case]
+    text = np.array([["a", "b"]] * len(x))
+    val_data = {"rows differ": [x, y[:-1]], "mixed": [x, DataLoader(data.val_set)], "not data": 3, "text": text}[case]
     with pytest.raises(DataError, match=message):
         fit(callback=LossValCallback(val_data=val_data), train_dataloaders=train_loader(data))
 
@@ -232,7 +235,10 @@ class Regressor(Net):
 @pytest.mark.parametrize(
     "shape, message",
     [
-        ("[B, 1]", r"shape \[32\], got \(32, 1\): one value per sample.*pass losses.squeeze\(1\) or losses.flatten\(\)"),
+        (
+            "[B, 1]",
+            r"shape \[32\], got \(32, 1\): one value per sample.*pass losses.squeeze\(1\) or losses.flatten\(\)",
+        ),
         (
             "[B, 3]",
             r"got \(32, 3\): several values per sample.*; reduce each sample's values to one, "
