@@ -33,15 +33,21 @@ from lightning_lossval.report import (
 from lightning_lossval.validation import as_step_batch, eval_mode, random_state_kept
 
 
+def log_step(trainer: Trainer) -> int:
+    """The step Lightning logs the running batch's (and at an epoch's end, the epoch's) metrics at: the
+    optimizer step just taken counts from 0 there, so that LossVal's curves line up with ``val_loss``'s."""
+    return max(trainer.global_step - 1, 0)
+
+
 def log_weights(trainer: Trainer, weights: Tensor) -> None:
     """The weights' scalars to every logger and their histogram to TensorBoard (call on rank zero)."""
     weights = weights.detach().float()  # where they live: no copy of all N weights to the CPU
     metrics = weight_stats(weights)
     for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.log_metrics(metrics, step=log_step(trainer))
         if isinstance(logger, TensorBoardLogger):
             logger.experiment.add_histogram_raw(
-                "lossval/weights", global_step=trainer.global_step, **weight_histogram(weights)
+                "lossval/weights", global_step=log_step(trainer), **weight_histogram(weights)
             )
 
 
@@ -50,7 +56,7 @@ def log_detection(trainer: Trainer, values: Tensor, noisy: Tensor, measured: Ten
     logger (a row no batch held keeps its value 1.0, which says nothing)."""
     metrics = detection_report(values[measured], noisy[measured])
     for logger in trainer.loggers:
-        logger.log_metrics({f"lossval/{k}": v for k, v in metrics.items()}, step=trainer.global_step)
+        logger.log_metrics({f"lossval/{k}": v for k, v in metrics.items()}, step=log_step(trainer))
 
 
 def row_columns(
@@ -185,10 +191,10 @@ def print_report(
     print("\n".join(lines), flush=True)
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger) and rows:
-            logger.experiment.add_text("lossval/lowest_rows", format_table(rows, markdown=True), trainer.global_step)
+            logger.experiment.add_text("lossval/lowest_rows", format_table(rows, markdown=True), log_step(trainer))
             if noisy is not None:
                 logger.experiment.add_figure(
-                    "lossval/detection", detection_figure(values[measured], noisy[measured]), trainer.global_step
+                    "lossval/detection", detection_figure(values[measured], noisy[measured]), log_step(trainer)
                 )
             logger.experiment.flush()
 

@@ -31,8 +31,7 @@ MISSING_TEXT = "empty, NA, N/A or NaN in any case; in a column of numbers also n
 MAX_SHOWN = 10  # names, values or lines listed in a message before "... and K more"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 PACKED = "a zip archive: an Excel or OpenDocument workbook (save its sheet as CSV UTF-8), or a zipped CSV (unpack it)"
-# a detected categorical column with more distinct values than this and than half its rows looks like an id
-# or free text (one-hot encoding it would add a feature per row)
+# a detected categorical column with more distinct values than this and than half its rows: an id or free text
 MAX_AUTO_CATEGORIES = 20
 
 
@@ -286,8 +285,9 @@ def encode_features(
             if categorical is None and len(categories) > max(MAX_AUTO_CATEGORIES, len(values) // 2):
                 raise DataError(
                     f"column {column!r} of {train.source} looks like an id or free text ({len(categories)} distinct "
-                    f"values in {len(values)} rows, e.g. {listing(categories[:3])}): one-hot encoding would make a "
-                    f"feature of each value. {column_hints(column)}, or list it under --data.categorical to encode it"
+                    f"values in its {len(values)} training rows, e.g. {listing(categories[:3])}): one-hot encoding "
+                    f"would make a feature of each value. {column_hints(column)}, or list it under --data.categorical "
+                    "to encode it"
                 )
             index = {c: i for i, c in enumerate(categories)}
             unseen = [v for v in columns[1] if v not in index]

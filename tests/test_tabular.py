@@ -498,7 +498,8 @@ def test_id_like_column_is_refused_with_the_fixes(tmp_path):
         prepared(train_csv=path, target="label")  # 27 training rows after the validation split
     message = str(error.value)
     assert (
-        message.startswith("column 'id' of ") and "(27 distinct values in 27 rows, e.g. 'r0', 'r1', 'r10'):" in message
+        message.startswith("column 'id' of ")
+        and "(27 distinct values in its 27 training rows, e.g. 'r0', 'r1', 'r10'):" in message
     )
     assert "--data.id_column id" in message and "--data.categorical" in message
     assert """--data.drop_columns '["id"]'""" in message
