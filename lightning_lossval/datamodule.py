@@ -12,6 +12,8 @@ from lightning.pytorch.utilities.parsing import AttributeDict
 from torch.utils.data import DataLoader
 
 from lightning_lossval.data import BATCH_HOOKS, index_dataloader, on_inner_batch
+from lightning_lossval.errors import ConfigError
+from lightning_lossval.mixin import LossValMixin
 
 EVAL_LOADERS = ("val_dataloader", "test_dataloader", "predict_dataloader")
 
@@ -91,6 +93,16 @@ class IndexedDataModule(LightningDataModule):
         self.datamodule.prepare_data()
 
     def setup(self, stage: str) -> None:
+        from lightning_lossval.callback import LossValCallback  # here: the callback's module imports the data's
+
+        trainer = self.trainer
+        if stage == "fit" and isinstance(getattr(trainer, "lightning_module", None), LossValMixin):
+            if not any(isinstance(c, LossValCallback) for c in trainer.callbacks):  # or x, y = batch gets the index
+                raise ConfigError(
+                    "IndexedDataModule's training batches carry sample indices for LossValCallback, which takes them "
+                    "off, but this Trainer has no LossValCallback: add LossValCallback() to its callbacks, or fit "
+                    f"on the wrapped {type(self.datamodule).__name__} itself to train without LossVal"
+                )
         self.datamodule.trainer = self.trainer
         self.datamodule.setup(stage)
 

@@ -332,16 +332,14 @@ def test_manual_optimization(tmp_path):
     assert binary_auroc(-cb.values, data.noisy.int()).item() >= 0.8
 
 
-@pytest.mark.parametrize("wrapped", ["datamodule", "loader"])
-def test_indexed_data_without_the_callback_warns(tmp_path, wrapped):
+def test_indexed_data_without_the_callback_warns(tmp_path):
+    # trainer.fit(model, index_dataloader(loader)), as a user may wire it by hand (an IndexedDataModule is
+    # refused in its setup: test_an_indexed_datamodule_without_the_callback_says_what_is_missing)
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, **TRAINER_ARGS)
-    data = IndexedDataModule(BlobData())
-    if wrapped == "loader":  # trainer.fit(model, index_dataloader(loader)), as a user may wire it by hand
-        data = index_dataloader(BlobData().train_dataloader())
     said = r"no module is being fitted with one.*To fit, add LossValCallback.*to predict, test or validate, give the"
     with pytest.warns(UserWarning, match=said):
         with pytest.raises(RuntimeError):
-            trainer.fit(Net(), data)  # Net's training_step cannot unpack Indexed
+            trainer.fit(Net(), index_dataloader(BlobData().train_dataloader()))  # Net cannot unpack Indexed
 
 
 def test_plain_training_and_inference_without_the_callback(tmp_path):

@@ -234,6 +234,13 @@ def test_a_fit_without_the_callback_resumes_a_checkpoint_of_the_paper_objective(
     assert trainer.current_epoch == 2 and len(trainer.optimizers[0].param_groups) == 1
 
 
+def test_an_indexed_datamodule_without_the_callback_says_what_is_missing(tmp_path):
+    # the README's module, its callback left out for a run without LossVal: x, y = batch would unpack the indices
+    message = r"this Trainer has no LossValCallback: add LossValCallback\(\) to its .* wrapped BlobData itself"
+    with pytest.raises(ConfigError, match=message):
+        fit(tmp_path, Net(), [])
+
+
 def test_label_aware_targets_of_another_kind_than_the_validation_targets_are_named(tmp_path):
     x, y = blobs(40, seed=2)
     cb = LossValCallback(val_data=(x, F.one_hot(y, 3).float()), objective={"label_weight": 0.5}, export=False)
