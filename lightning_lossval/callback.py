@@ -57,7 +57,7 @@ from lightning_lossval.batches import INDEX_HELP, batch_features, check_first_ba
 from lightning_lossval.data import Indexed, IndexedDataset, load_pending_state, several_loaders_error
 from lightning_lossval.errors import ConfigError, DataError
 from lightning_lossval.mixin import WEIGHTS, LossValMixin
-from lightning_lossval.objective import Objective, lossval_objective, prepare_validation, validation_on
+from lightning_lossval.objective import Objective, Validation, lossval_objective, prepare_validation, validation_on
 from lightning_lossval.presets import Preset, resolve
 from lightning_lossval.ranks import check_strategy
 from lightning_lossval.report import save_values, values_table, write_csv
@@ -229,7 +229,7 @@ class LossValCallback(Callback):
             self.values_path = save_interrupted(trainer, self._store, exception, self._noisy) or self.values_path
         patching.restore(pl_module)  # the module is the user's again: no patches, no weights parameter
         patching.release_indices(trainer.strategy)
-        self._fitting = self._started = False
+        self._fitting, self._started, self._saved_validation = False, False, None
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -303,9 +303,9 @@ class LossValCallback(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         load_pending_state(trainer)
-        saved, self._saved_validation = self._saved_validation, None  # a mid-epoch checkpoint's: as its epoch began
-        if self._refresh and saved is not None and saved[0] == trainer.current_epoch:
-            self._validation, self._validation_epoch = validation_on(saved[1], pl_module.device), saved[0]
+        restored = _restorable(self._saved_validation, trainer, self._validation, self._refresh)
+        if restored is not None:  # a mid-epoch checkpoint's features, as its epoch began
+            self._validation, self._validation_epoch = restored, trainer.current_epoch
         if trainer.ckpt_path and not self._resumed:  # after every strategy's restore
             rank_zero_info(f"LossValCallback: {trainer.ckpt_path} {FRESH_WEIGHTS}")
 
@@ -356,6 +356,13 @@ class LossValCallback(Callback):
         if trainer.is_global_zero and trainer.loggers and trainer.global_step != self._last_logged_step:
             self._last_logged_step = trainer.global_step
             log_weights(trainer, self._store.values())
+
+
+def _restorable(saved: Any, trainer: Trainer, current: Validation, refresh: bool) -> Validation | None:
+    """A checkpoint's ``(epoch, Validation fields)``, if of this epoch and validation set's shape, on the device."""
+    if refresh and saved and saved[0] == trainer.current_epoch and saved[1]["features"].shape == current.features.shape:
+        return validation_on(saved[1], trainer.lightning_module.device)
+    return None
 
 
 def _count_train_samples(trainer: Trainer) -> int:

@@ -21,12 +21,12 @@ A value your config gives is kept, one that differs from the data's is refused.
 from __future__ import annotations
 
 import argparse
-import errno
 import inspect
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -209,7 +209,25 @@ class LossValCLI(LightningCLI):
                     "drop the lossval: block of an earlier --config, add a later --config file saying lossval: null)"
                 )
             callbacks = [c for c in callbacks if not isinstance(c, LossValCallback)]
-        return super()._instantiate_trainer(config, callbacks)
+        trainer = super()._instantiate_trainer(config, callbacks)
+        for folder in {trainer.default_root_dir, *(logger.save_dir for logger in trainer.loggers if logger.save_dir)}:
+            _check_writable(str(folder))
+        return trainer
+
+
+def _check_writable(folder: str) -> None:
+    """Refuse a run folder (``default_root_dir``, a logger's ``save_dir``) that cannot be written, before the run
+    writes its config, logs and checkpoints there (Lightning would fail with a traceback); remote ones pass."""
+    if "://" in folder:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise ConfigError(
+            f"the run's folder {folder} cannot be written ({error.strerror or error}); give a folder you can write "
+            "to as --trainer.default_root_dir (or as the logger's save_dir)"
+        ) from error
 
 
 def configs_dir() -> Path:
@@ -276,16 +294,10 @@ def _newest_checkpoint(name: str, config: Any) -> str:
     return str(found[-1])
 
 
-UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.ENOSPC}
-
-
-def _user_error(error: BaseException | None) -> BaseException | str | None:
+def _user_error(error: BaseException | None) -> BaseException | None:
     """The LossValError (or Lightning's MisconfigurationException, e.g. ``lossval test`` of data without a
-    ``test_dataloader``) behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``), or what
-    to do about a folder the run cannot write (its config.yaml, logs or checkpoints)."""
+    ``test_dataloader``) behind ``error``, if any (jsonargparse wraps errors raised in ``__init__``)."""
     while error is not None and not isinstance(error, (LossValError, MisconfigurationException)):
-        if isinstance(error, OSError) and error.errno in UNWRITABLE or "not writable" in str(error):
-            return f"cannot write there: {error}; give a folder you can write to as --trainer.default_root_dir"
         error = error.__cause__ or error.__context__
     return error
 

@@ -392,6 +392,5 @@ def lossval_objective(
                 c_yy = ground_cost(y, y, solver.p, y_labels, y_labels, scale)
             f, g = debiased_potentials(a, validation.masses, c_xy, c_xx, c_yy, eps_list, validation.potential)
         ot = (a * f).sum() + (validation.masses * g).sum()
-    parts = Parts(weights, masses, a, losses, loss, f, ot, labels, x, objective)
-    with torch.autocast(x.device.type, enabled=False):  # the update's distances and sums in float32 too
+        parts = Parts(weights, masses, a, losses, loss, f, ot, labels, x, objective)  # the update in float32 too
         return parts.value() if update is None else update.loss(parts, {} if state is None else state)

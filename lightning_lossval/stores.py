@@ -348,7 +348,7 @@ def check_dense_setup(trainer: Trainer, pl_module: Any, store: _Store, optimizer
     if store.weights.dtype in (torch.float16, torch.bfloat16):
         raise ConfigError(
             f"precision={trainer.precision!r} makes the module's parameters {store.weights.dtype}, this objective's "
-            "weights among them (3 digits of a weight); use bf16-mixed, or objective='default' (its own weights)"
+            "weights among them (3 digits of a weight); use 16-mixed or bf16-mixed, or sparse=True (float32 weights)"
         )
     if isinstance(optimizer, torch.optim.LBFGS):
         raise ConfigError(

@@ -13,6 +13,7 @@ The kernels are plain functions on tensors: :func:`sparse_adam_step`, :func:`nor
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -52,13 +53,13 @@ class UpdateRule:
 
 
 def _check_step(rule: UpdateRule) -> None:
-    if not (isinstance(rule.lr, (int, float)) and rule.lr > 0):
+    if not (isinstance(rule.lr, (int, float)) and 0 < rule.lr < math.inf):
         raise ConfigError(
             f"the weights' learning rate (lr, --lossval.lr on the command line) must be a positive number, got "
             f"{rule.lr!r}"
         )
     clip = getattr(rule, "clip", 1.0)
-    if isinstance(clip, bool) or not (isinstance(clip, (int, float)) and clip > 0):
+    if isinstance(clip, bool) or not (isinstance(clip, (int, float)) and 0 < clip < math.inf):
         raise ConfigError(f"clip (a weight's largest step, in units of lr) must be a positive number, got {clip!r}")
 
 
@@ -255,7 +256,7 @@ def target_reference(
     q = (y - m) ** 2 / v.clamp_min(tiny)
     fit = [(masses * q).sum(), (masses * loss_dev).sum(), (masses * q * loss_dev).sum(), (masses * q * q).sum()]
     eq, ed, eqd, eqq = running_mean(state["target_fit"], torch.stack(fit), numeric)
-    spread = eqq - eq * eq  # the variance of q: rounding alone where every q is alike (a batch of 2 rows)
+    spread = eqq - eq * eq  # the variance of q: next to none where the q are all alike (a first batch of 2 rows)
     beta = torch.where(spread > 1e-6 * eqq, (eqd - eq * ed) / spread.clamp_min(tiny), 0.0).clamp_min(0)
     adjusted = loss_dev - amount * beta * (q - eq)
     return torch.where(numeric, adjusted - (masses * adjusted).sum(), loss_dev)

@@ -14,6 +14,7 @@ To compare with one of them only, pass that one as ``val_data``.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -107,10 +108,10 @@ def validation_parts(data: Any, origin: str = "val_data") -> list[Tensor | Itera
         isinstance(data, (tuple, list)) and any(isinstance(t, np.ndarray) for t in data)
     ):
         arrays = [t for t in (data if isinstance(data, (tuple, list)) else [data]) if isinstance(t, np.ndarray)]
-        if any(a.dtype.kind not in "biuf" for a in arrays):  # strings, objects, dates: no distances between rows
-            kinds = sorted({str(a.dtype) for a in arrays if a.dtype.kind not in "biuf"})
+        kinds = sorted({str(a.dtype) for a in arrays if a.dtype.kind not in "biuf"})  # text, objects, dates
+        if kinds:
             raise DataError(
-                f"{origin} holds NumPy arrays of {', '.join(kinds)}: give numbers, encoded as the "
+                f"{origin} holds NumPy arrays of {', '.join(kinds)} (text or objects): give numbers, encoded as the "
                 "training inputs are (categories as one-hot columns or class indices)"
             )
         data = [torch.as_tensor(t) for t in data] if isinstance(data, (tuple, list)) else torch.as_tensor(data)
@@ -245,12 +246,14 @@ def _checked(
             "the objective's label_weight > 0 compares labels, but the validation data has no targets: pass "
             "val_data=(inputs, targets), a Dataset/DataLoader of (input, target) batches, or set label_weight=0"
         )
-    kinds = {(str(t.dtype).removeprefix("torch."), tuple(t.shape[1:])) for t in targets}
-    classes_or_numeric = all(t.is_floating_point() or t.dim() == 1 for t in targets)
-    if len(kinds) > 1 or not classes_or_numeric or sum(len(t) for t in targets) != rows:
-        found = ", ".join(f"{dtype} [rows{''.join(f', {n}' for n in shape)}]" for dtype, shape in sorted(kinds))
-        if sum(len(t) for t in targets) != rows:
-            found += f" with {sum(len(t) for t in targets)} rows for {rows} rows of features"
+    # integer targets hold one class per row ([V] or [V, 1]); float ones one or K numbers; int32 joins int64
+    kinds = {("float" if t.is_floating_point() else "integer", tuple(t.shape[1:])) for t in targets}
+    classes = all(t.is_floating_point() or math.prod(t.shape[1:]) == 1 for t in targets)
+    counted = sum(len(t) for t in targets)
+    if len(kinds) > 1 or not classes or counted != rows:
+        found = ", ".join(f"{kind} [rows{''.join(f', {n}' for n in shape)}]" for kind, shape in sorted(kinds))
+        if counted != rows:
+            found += f" with {counted} rows for {rows} rows of features"
         raise DataError(
             f"label-aware transport (label_weight > 0) compares one target per validation row, integer classes [V] "
             f"or float numeric targets [V] / [V, K] of one width, but the targets of {origin} are {found}: return "

@@ -260,6 +260,34 @@ def test_mid_epoch_resume_with_features_from_the_network_is_exact(tmp_path, cras
     assert (straight.values - resumed.values).abs().max().item() <= 1e-6
 
 
+class FailingStart(L.Callback):
+    def on_fit_start(self, trainer, pl_module):
+        raise Crash
+
+
+def test_a_failed_resume_leaves_the_next_fit_of_the_callback_alone(tmp_path):
+    # the checkpoint's validation features are loaded before on_fit_start: a fit failing there must not hand
+    # them to the callback's next fit
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_last=True)
+    L.seed_everything(1)  # another network: the checkpoint's features are not the later fits' own
+    with pytest.raises(Crash):
+        fit(tmp_path, model=EmbeddingCrashingNet(5), callbacks=[checkpoint], enable_checkpointing=True)
+    callback = LossValCallback()
+    L.seed_everything(0)
+    with pytest.raises(Crash):
+        fit(
+            tmp_path,
+            model=EmbeddingCrashingNet(),
+            callback=callback,
+            callbacks=[FailingStart()],
+            ckpt_path=tmp_path / "ckpt" / "last.ckpt",
+        )
+    L.seed_everything(0)
+    reused = fit(tmp_path, model=EmbeddingCrashingNet(), callback=callback, epochs=1)[2].values
+    L.seed_everything(0)
+    assert torch.equal(reused, fit(tmp_path, model=EmbeddingCrashingNet(), epochs=1)[2].values)
+
+
 class WorkerData(BlobData):
     def __init__(self, workers: int):
         super().__init__()

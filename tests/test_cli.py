@@ -559,15 +559,19 @@ def test_a_fit_ended_by_sigterm_exits_with_a_failure_status(monkeypatch):
     assert exit_info.value.code == 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
-def test_a_folder_the_run_cannot_write_is_a_user_error_naming_it():
-    # a read-only default_root_dir: Lightning's makedirs or jsonargparse's config check fail before training
-    denied = PermissionError(13, "Permission denied", "/data/runs/lightning_logs")
-    wrapped = RuntimeError("while saving the config")
-    wrapped.__cause__ = denied
-    said = cli._user_error(wrapped)
-    assert "cannot write there: [Errno 13] Permission denied: '/data/runs/lightning_logs'" in said
-    assert said.endswith("give a folder you can write to as --trainer.default_root_dir")
-    assert cli._user_error(FileNotFoundError(2, "No such file", "train.csv")) is None  # not about writing: raised
+def test_a_folder_the_run_cannot_write_is_a_user_error_naming_it(tmp_path, monkeypatch, capsys):
+    # a read-only default_root_dir (root ignores file modes here, so the refusal to create a file is simulated)
+    def denied(*args, dir=None, **kwargs):
+        raise PermissionError(13, "Permission denied", dir)
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", denied)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(CONFIGS / "default.yaml"), *one_epoch(tmp_path / "runs")])
+    assert exit_info.value.code == 2
+    said = capsys.readouterr().err
+    assert f"lossval: error: the run's folder {tmp_path / 'runs'} cannot be written (Permission denied); " in said
+    assert "give a folder you can write to as --trainer.default_root_dir" in said
+    assert not list((tmp_path / "runs").iterdir())  # refused before the run wrote anything
 
 
 @pytest.mark.parametrize("precision, space", [("64-true", "inputs"), ("bf16-true", "embedding")])

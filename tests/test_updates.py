@@ -288,6 +288,8 @@ def test_rules_own_their_options_state_and_store():
         (lambda: Balanced(ot_share_max=0.0), "ot_share_max"),
         (lambda: Balanced(clip=0), r"clip \(a weight's largest step, in units of lr\) must be a positive number"),
         (lambda: Normalized(clip=-1), r"clip .* must be a positive number, got -1"),
+        (lambda: Balanced(clip=float("inf")), r"clip .* must be a positive number, got inf"),
+        (lambda: Balanced(lr=float("inf")), r"learning rate .* must be a positive number, got inf"),
         (lambda: Balanced(contrast=-0.1), "contrast must be a number >= 0"),
         (lambda: Balanced(contrast="wide"), "contrast must be a number >= 0"),
         (lambda: Balanced(target_reference=1.5), "target_reference must be a number from 0"),

@@ -120,7 +120,7 @@ def test_val_data_as_a_list_of_tensors_is_inputs_and_targets():
         ("rows differ", r"val_data holds 2 tensors with \[100, 99\] rows; as \(inputs, targets\) every tensor"),
         ("mixed", r"val_data holds tensors among \['Tensor', 'DataLoader'\]: tensors go in alone"),
         ("not data", r"val_data of type int cannot be read as a validation set: pass LossValCallback\(val_data="),
-        ("text", r"val_data holds NumPy arrays of <U1: give numbers, encoded as the training inputs are"),
+        ("text", r"val_data holds NumPy arrays of <U1 \(text or objects\): give numbers, encoded as the training"),
     ],
 )
 def test_unusable_val_data_is_refused(case, message):
@@ -152,12 +152,21 @@ def test_a_validation_dataset_the_default_collate_cannot_batch_names_the_fix():
         fit(callback=LossValCallback(val_data=Ragged(data.val_set.tensors[0])), train_dataloaders=train_loader(data))
 
 
+def test_label_aware_transport_joins_class_targets_of_loaders_with_other_integer_types():
+    data = BlobData()
+    x, y = data.val_set.tensors
+    parts = [DataLoader(TensorDataset(x[:50], y[:50].int())), DataLoader(TensorDataset(x[50:], y[50:]))]
+    callback = LossValCallback(val_data=parts, objective={"label_weight": 1.0}, export=False, show=0)
+    cb = fit(callback=callback, train_dataloaders=train_loader(data))
+    assert torch.equal(cb._validation.labels, y)
+
+
 def test_label_aware_transport_refuses_integer_targets_of_several_values_per_row():
     data = BlobData()
     x, y = data.val_set.tensors
     multi_hot = F.one_hot(y, 3)  # integer [V, 3]: per-row label sets, or per-token classes, not one class each
     callback = LossValCallback(val_data=[x, multi_hot], objective={"label_weight": 1.0})
-    with pytest.raises(DataError, match=r"targets of val_data are int64 \[rows, 3\]: return multi-hot targets as"):
+    with pytest.raises(DataError, match=r"targets of val_data are integer \[rows, 3\]: return multi-hot targets as"):
         fit(callback=callback, train_dataloaders=train_loader(data))
 
 
