@@ -94,8 +94,9 @@ NOT_LOADED = (
     "(cb.values, if any, stay those of this callback's last fit); only a fit with the checkpoint continues them"
 )
 NOTHING_TRAINED = (
-    "this fit trained on no batch (its max_epochs or max_steps was reached already?): it wrote no values files, "
-    "and values stay those of this callback's fit before, if any"
+    "this fit trained on no batch (its max_epochs or max_steps was reached already, or its training loader has "
+    "none: drop_last=True with a batch size above the dataset's rows?): it wrote no values files, and values stay "
+    "those of this callback's fit before, if any (none: cb.values raises)"
 )
 FRESH_WEIGHTS = (
     "holds no LossVal weights (written without this callback): they start at 1.0 and value the epochs from here on"
@@ -379,8 +380,9 @@ def _count_train_samples(trainer: Trainer) -> int:
 
 
 def _kept(previous: SparseWeights | DenseWeights | None, store: SparseWeights | DenseWeights) -> Any:
-    """The store of the fit before, if it valued as many samples as ``store``; else ``store``."""
-    return previous if previous is not None and previous.numel() == store.numel() else store
+    """The store of the fit before, if it valued as many samples as ``store``; else none (no values: 1.0 for every
+    row would look measured)."""
+    return previous if previous is not None and previous.numel() == store.numel() else None
 
 
 def _optimizer(trainer: Trainer, index: int) -> Any:

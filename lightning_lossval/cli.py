@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -302,8 +303,19 @@ def _user_error(error: BaseException | None) -> BaseException | None:
     return error
 
 
+def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int, line: Any = None) -> str:
+    """LossVal's own warnings as ``lossval: warning: ...`` (the data's problems, not a source line); others as usual."""
+    if Path(filename).parent == Path(__file__).parent:
+        return f"lossval: warning: {message}\n"
+    return FORMAT_WARNING(message, category, filename, lineno, line)
+
+
+FORMAT_WARNING = warnings.formatwarning
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lossval`` console script."""
+    warnings.formatwarning = _format_warning
     given = sys.argv[1:] if args is None else list(args)
     if os.getcwd() not in sys.path:  # --model my_project.model.Net from the project's folder (after installed ones)
         sys.path.append(os.getcwd())
@@ -327,6 +339,8 @@ def main(args: list[str] | None = None) -> None:
             raise
         print(f"lossval: error: {user_error}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        warnings.formatwarning = FORMAT_WARNING
 
 
 if __name__ == "__main__":

@@ -294,7 +294,9 @@ def index_dataloader(loader: DataLoader, seed: int | None = None) -> DataLoader:
         return loader
     if loader.batch_size is None and loader.batch_sampler is None:
         raise ValueError(
-            "the training DataLoader has automatic batching disabled (batch_size=None); give it a batch_size"
+            "the training DataLoader has automatic batching disabled (batch_size=None, as for a Dataset whose "
+            "__getitem__ fetches a whole batch from a BatchSampler): LossVal values each dataset item, so give the "
+            "Dataset a __getitem__ that returns one sample and the DataLoader a batch_size (or a batch_sampler)"
         )
     dataset = IndexedDataset(loader.dataset)
     common = dict(

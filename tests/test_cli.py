@@ -559,6 +559,15 @@ def test_a_fit_ended_by_sigterm_exits_with_a_failure_status(monkeypatch):
     assert exit_info.value.code == 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
+def test_the_cli_shows_lossvals_warnings_without_a_source_line():
+    import lightning_lossval.cells as cells
+
+    ours = cli._format_warning("the id column repeats 'c1'", UserWarning, cells.__file__, 46)
+    assert ours == "lossval: warning: the id column repeats 'c1'\n"
+    theirs = cli._format_warning("few workers", UserWarning, "/site-packages/lightning/loader.py", 7)
+    assert theirs.startswith("/site-packages/lightning/loader.py:7: ") and "few workers" in theirs  # as they were
+
+
 def test_a_folder_the_run_cannot_write_is_a_user_error_naming_it(tmp_path, monkeypatch, capsys):
     # a read-only default_root_dir (root ignores file modes here, so the refusal to create a file is simulated)
     def denied(*args, dir=None, **kwargs):

@@ -12,6 +12,7 @@ from lightning.pytorch.utilities.data import _update_dataloader
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import nn
 from torch.utils.data import (
+    BatchSampler,
     DataLoader,
     Dataset,
     DistributedSampler,
@@ -310,6 +311,13 @@ def test_datamodule_train_loader_is_indexed():
         assert_batch_matches_index(batch)
         seen += batch.index.tolist()
     assert sorted(seen) == list(range(N))
+
+
+def test_a_loader_of_whole_batches_per_item_is_refused_saying_what_lossval_needs():
+    # the "batched fetch" idiom: batch_size=None, a BatchSampler as sampler, __getitem__ taking a list of rows
+    loader = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=None, sampler=BatchSampler(range(8), 4, False))
+    with pytest.raises(ValueError, match=r"batch_size=None, as for a Dataset whose __getitem__ fetches a whole batch"):
+        index_dataloader(loader)
 
 
 def test_datamodule_delegates_hooks_state_and_attributes():

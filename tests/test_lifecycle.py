@@ -362,6 +362,20 @@ def test_runs_without_a_logger_keep_their_own_values_files(tmp_path, capsys):
     assert "TensorBoard" not in printed  # no TensorBoard logger, no command to open one
 
 
+def test_a_first_fit_that_trains_no_batch_leaves_no_values_that_look_measured(tmp_path, caplog):
+    callback = LossValCallback(show=0)
+    data = BlobData()
+    loader = index_dataloader(DataLoader(data.train_set, batch_size=512, shuffle=True, drop_last=True))
+    with caplog.at_level(logging.INFO):  # 400 rows, batches of 512 without the last one: no batch at all
+        L.Trainer(callbacks=[callback], max_epochs=1, logger=False, default_root_dir=tmp_path, **TRAINER_ARGS).fit(
+            Net(), train_dataloaders=loader, val_dataloaders=DataLoader(data.val_set)
+        )
+    assert "trained on no batch (" in caplog.text and "drop_last=True with a batch size above" in caplog.text
+    with pytest.raises(RuntimeError, match="no values yet"):
+        callback.to_csv(tmp_path / "values.csv")
+    assert not (tmp_path / "values.csv").exists()
+
+
 @pytest.mark.parametrize("objective", ["default", "paper"])
 def test_a_second_fit_of_one_trainer_keeps_the_first_fits_values_and_files(tmp_path, objective, caplog):
     callback, logger = LossValCallback(objective=objective, show=0), TensorBoardLogger(tmp_path, name="", version=0)
