@@ -7,10 +7,9 @@ import math
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_lossval.errors import DataError
+from lightning_lossval.errors import DataError, warn
 from lightning_lossval.objective import Validation
 from lightning_lossval.stores import diverged
 from lightning_lossval.updates import UpdateRule
@@ -29,7 +28,7 @@ def batch_features(
     """The batch's ``[B, D]`` features, once ``losses`` are one value per row that the network's
     parameters can learn from, the indices lie in ``[0, n)``, and neither losses nor features hold NaN
     or inf (one such row makes the step's weights NaN; an fp16 loss overflow is the GradScaler's to
-    skip). One host sync per step."""
+    skip); warn of a batch of one row under a rule that compares a batch's rows. One host sync per step."""
     if losses.dim() != 1 or losses.shape[0] != index.shape[0]:
         raise DataError(per_sample_loss_error(tuple(losses.shape), index.shape[0]))
     if not losses.is_floating_point():
@@ -38,6 +37,12 @@ def batch_features(
         raise DataError(
             "the per-sample losses given to lossval_loss carry no gradient (computed under torch.no_grad() or "
             "detached), so the network would not train: pass the losses as the loss function returns them"
+        )
+    if index.shape[0] == 1 and rule.name == "balanced":
+        warn(
+            "a training batch holds one row: the default update values a row against the rest of its batch, so the "
+            "row is not valued there and that visit is not counted; use batches of at least 2 rows (drop_last=True "
+            "when the last batch of an epoch is left with one)"
         )
     features = (training_features(pl_module, batch) if features is None else features).detach()
     features = features.reshape(features.shape[0], -1)
@@ -102,8 +107,7 @@ def check_first_batch(
     index: Tensor, features: Tensor, labels: Tensor | None, validation: Validation, rule: UpdateRule
 ) -> None:
     """Refuse indices that are no ``[B]`` long tensor, and features (and, for label-aware transport,
-    targets) that differ in kind or width from the validation side's; warn when the first batch holds
-    one row under a rule that compares a batch's rows."""
+    targets) that differ in kind or width from the validation side's."""
     if index.dtype != torch.long or index.dim() != 1:
         raise DataError(
             f"sample indices must be a [B] long tensor, got {index.dtype} {tuple(index.shape)}: {INDEX_HELP}"
@@ -116,7 +120,7 @@ def check_first_batch(
             "(class indices [N], or numeric [N, K] targets such as one-hot rows on both sides)"
         )
     if not features.is_floating_point() and features.dtype != torch.uint8:  # uint8: pixels, which have a scale
-        rank_zero_warn(
+        warn(
             f"the training batch's features are integers ({features.dtype}): LossVal compares rows by their "
             "distances in feature space, which for token ids or category codes mean nothing; override "
             "lossval_features to return float features (an embedding, one-hot columns), or ignore this for counts"
@@ -126,15 +130,9 @@ def check_first_batch(
             f"the training batch has {features.shape[1]} features but the validation features have {val_dim}: "
             "pass val_data represented like the training inputs (or override lossval_features so both match)"
         )
-    if index.shape[0] == 1 and rule.name == "balanced":
-        rank_zero_warn(
-            "the first training batch holds one row: the default update moves a row's weight by how it compares "
-            "with the rest of its batch, so batches of one row teach the weights nothing; use a batch size of at "
-            "least 2"
-        )
 
 
 def _kind(targets: Tensor) -> str:
-    if targets.dim() == 1 and not targets.is_floating_point():
+    if not targets.is_floating_point() and targets[0].numel() == 1:  # [N] or [N, 1] integer classes
         return "class indices [N]"
     return f"numeric targets with {targets[0].numel()} value(s) per row"

@@ -96,7 +96,7 @@ NOT_LOADED = (
 NOTHING_TRAINED = (
     "this fit trained on no batch (its max_epochs or max_steps was reached already, or its training loader has "
     "none: drop_last=True with a batch size above the dataset's rows?): it wrote no values files, and values stay "
-    "those of this callback's fit before, if any (none: cb.values raises)"
+    "those of this callback's fit before if it valued as many rows (otherwise cb.values raises)"
 )
 FRESH_WEIGHTS = (
     "holds no LossVal weights (written without this callback): they start at 1.0 and value the epochs from here on"
@@ -173,7 +173,7 @@ class LossValCallback(Callback):
     def values(self) -> Tensor:
         """The learned weights, ``[N]`` on the CPU, aligned with the training dataset's indices."""
         if self._store is None:
-            raise RuntimeError("no values yet: call trainer.fit(...) with this callback first")
+            raise RuntimeError("no values yet: no trainer.fit(...) with this callback has trained a batch")
         return self._store.values().detach().float().cpu().clone()
 
     @property
@@ -185,7 +185,7 @@ class LossValCallback(Callback):
     def visits(self) -> Tensor:
         """How many times each sample was in a training batch, ``[N]`` long on the CPU (0: never measured)."""
         if self._store is None:
-            raise RuntimeError("no visits yet: call trainer.fit(...) with this callback first")
+            raise RuntimeError("no visits yet: no trainer.fit(...) with this callback has trained a batch")
         return self._store.visits.cpu().clone()
 
     def table(self, limit: int | None = None) -> list[dict[str, Any]]:
@@ -255,7 +255,7 @@ class LossValCallback(Callback):
     @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any) -> None:
         every = trainer.log_every_n_steps if self.log_every_n_steps is None else self.log_every_n_steps
-        if every and trainer.global_step % every == 0:  # every rank holds the same weights: all raise together
+        if every and trainer.global_step % every == 0 and not trainer.fit_loop.epoch_loop._should_accumulate():
             check_finite(self._store.values(), f"step {trainer.global_step}", self.preset.update)
             self._log(trainer)
 
@@ -269,7 +269,7 @@ class LossValCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._store.visits.any():  # alike on every rank: no batch trained (max_epochs reached already?)
+        if not (self._store.selected or self._store.visits.any()):  # alike on every rank: none trained, none resumed
             self._store = _kept(self._previous, self._store)
             return rank_zero_info(f"LossValCallback: {NOTHING_TRAINED}")
         directory = values_dir(trainer) if self.export else None  # a collective under DDP: every rank asks

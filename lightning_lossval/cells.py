@@ -7,9 +7,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from lightning.pytorch.utilities import rank_zero_warn
-
-from lightning_lossval.errors import DataError
+from lightning_lossval.errors import DataError, warn
 from lightning_lossval.tables import Table, column_hints, listing, row_counters, sorted_values, to_float
 
 # 12,5 or 1,250 (or 1,250,000); 1.250,5 (a dot between thousands, a decimal comma); 1,250.5
@@ -43,12 +41,12 @@ def check_cells(
     repeated, empty = sorted_values({i for i, count in ids.items() if count > 1 and i}), ids[""]
     if repeated or empty:
         said = [f"is empty in {empty} row(s)"] * bool(empty) + [f"repeats {listing(repeated)}"] * bool(repeated)
-        rank_zero_warn(
+        warn(
             f"the id column {id_column!r} of {train.source} {' and '.join(said)}, so values.csv's id does not "
             "name each row alone; its row column does (the row's number in the file)"
         )
     for column in row_counters(train, features):
-        rank_zero_warn(
+        warn(
             f"column {column!r} of {train.source} counts the rows (consecutive integers): an index, not a feature, "
             f"which tells the target when the rows are sorted by it. {column_hints(column)}"
         )
@@ -67,7 +65,7 @@ def check_cells(
             )
     if task != "regression":
         for twins in case_twins(train.column(target)):
-            rank_zero_warn(
+            warn(
                 f"the target's classes {listing(twins)} differ only in case, so they are different classes: if they "
                 "are one, write them alike in the file (a rare spelling is a class of its own and its rows land low)"
             )

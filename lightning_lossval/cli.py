@@ -35,7 +35,7 @@ from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.cli import _InstantiatorFn as LightningInstantiator  # records the model's hparams
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -43,7 +43,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from lightning_lossval.callback import LossValCallback
 from lightning_lossval.datamodule import IndexedDataModule
-from lightning_lossval.errors import ConfigError, LossValError
+from lightning_lossval.errors import ConfigError, LossValError, LossValWarning
 from lightning_lossval.ranks import check_strategy
 
 # model init parameter -> the DataModule attribute the CLI fills it from
@@ -68,6 +68,29 @@ def data_size(attribute: str) -> Callable[[Any], Any]:
     return read
 
 
+class SaveRunConfig(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` in the log folder, and beside the values files when they go to a folder of
+    their own (``lossval/version_N``: no logger, or a log folder an earlier fit's values are in, whose
+    ``config.yaml`` stays that fit's): every values file keeps the configuration that made it."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        earlier = trainer.is_global_zero and (Path(trainer.log_dir or ".") / "values.csv").exists()
+        self.save_to_log_dir = not trainer.strategy.broadcast(earlier)
+        self.lossval = next((c for c in trainer.callbacks if isinstance(c, LossValCallback)), None)
+        self.earlier_values = getattr(self.lossval, "values_path", None)
+        super().setup(trainer, pl_module, stage)
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        path = getattr(self.lossval, "values_path", None)  # LossValCallback's hooks ran before this one's
+        if trainer.is_global_zero and path is not None and path != self.earlier_values:
+            config = Path(path).parent / self.config_filename
+            if not config.exists():
+                self.parser.save(self.config, str(config), skip_none=False, multifile=self.multifile)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.on_fit_end(trainer, pl_module)  # the values an interrupted fit wrote
+
+
 class LossValCLI(LightningCLI):
     """LightningCLI for LossVal runs; models and DataModules are given by ``class_path``."""
 
@@ -75,6 +98,7 @@ class LossValCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
+        kwargs.setdefault("save_config_callback", SaveRunConfig)
         description = (
             "Value every training sample with LossVal. The shipped configs: lossval configs. Options of the "
             "classes a config names: lossval fit --data.help lightning_lossval.tabular.TabularDataModule (or "
@@ -211,7 +235,10 @@ class LossValCLI(LightningCLI):
                 )
             callbacks = [c for c in callbacks if not isinstance(c, LossValCallback)]
         trainer = super()._instantiate_trainer(config, callbacks)
-        for folder in {trainer.default_root_dir, *(logger.save_dir for logger in trainer.loggers if logger.save_dir)}:
+        saved = {logger.save_dir for logger in trainer.loggers if logger.save_dir}  # else the root holds the run
+        for folder in (
+            saved if saved and all(logger.save_dir for logger in trainer.loggers) else {trainer.default_root_dir}
+        ):
             _check_writable(str(folder))
         return trainer
 
@@ -303,19 +330,22 @@ def _user_error(error: BaseException | None) -> BaseException | None:
     return error
 
 
-def _format_warning(message: Any, category: type[Warning], filename: str, lineno: int, line: Any = None) -> str:
-    """LossVal's own warnings as ``lossval: warning: ...`` (the data's problems, not a source line); others as usual."""
-    if Path(filename).parent == Path(__file__).parent:
-        return f"lossval: warning: {message}\n"
-    return FORMAT_WARNING(message, category, filename, lineno, line)
+def _lossval_warnings(others: Any) -> Any:
+    """A ``warnings.formatwarning`` that prints LossVal's warnings as ``lossval: warning: ...`` (the data's or the
+    settings' problem, not a source line) and hands every other warning to ``others``."""
 
+    def format_warning(message: Any, category: type[Warning], filename: str, lineno: int, line: Any = None) -> str:
+        if issubclass(category, LossValWarning):
+            return f"lossval: warning: {message}\n"
+        return others(message, category, filename, lineno, line)
 
-FORMAT_WARNING = warnings.formatwarning
+    return format_warning
 
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``lossval`` console script."""
-    warnings.formatwarning = _format_warning
+    formatter = warnings.formatwarning
+    warnings.formatwarning = _lossval_warnings(formatter)
     given = sys.argv[1:] if args is None else list(args)
     if os.getcwd() not in sys.path:  # --model my_project.model.Net from the project's folder (after installed ones)
         sys.path.append(os.getcwd())
@@ -340,7 +370,7 @@ def main(args: list[str] | None = None) -> None:
         print(f"lossval: error: {user_error}", file=sys.stderr)
         sys.exit(2)
     finally:
-        warnings.formatwarning = FORMAT_WARNING
+        warnings.formatwarning = formatter
 
 
 if __name__ == "__main__":

@@ -18,13 +18,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.combined_loader import CombinedLoader
 from torch.nn.utils.rnn import PackedSequence
 from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler, SequentialSampler
 from torch.utils.data.dataloader import default_collate
 
-from lightning_lossval.errors import DataError
+from lightning_lossval.errors import DataError, warn
 
 BATCH_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 UNWRAPPING: weakref.WeakSet = weakref.WeakSet()
@@ -203,14 +202,14 @@ class IndexedDataLoader(DataLoader):
         if skip >= len(self) or (epoch is not None and epoch != self._epoch()):
             skip = 0
         if skip and self._saved_world != _world_size():
-            rank_zero_warn(
+            warn(
                 f"resuming in the middle of an epoch that {self._saved_world} process(es) started with "
                 f"{_world_size()}: each process skips the {skip} batches it counts as done, but the processes split "
                 "the rows differently, so some rows of this epoch are trained twice and others not at all (visits in "
                 "values.csv shows which); resume from an epoch-end checkpoint, or with the same number of processes"
             )
         if not UNWRAPPING:
-            rank_zero_warn(
+            warn(
                 "this loader's batches are Indexed(index, data) for LossValCallback, and no module is being fitted "
                 "with one: a step would receive the sample indices as its batch. To fit, add LossValCallback(...); to "
                 "predict, test or validate, give the loader it wraps (its rows: this loader's dataset.dataset)"

@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, NamedTuple
 
-from lightning.pytorch.utilities import rank_zero_warn
-
-from lightning_lossval.errors import ConfigError, ResumeError
+from lightning_lossval.errors import ConfigError, ResumeError, warn
 from lightning_lossval.objective import Objective
 from lightning_lossval.sinkhorn import Sinkhorn
 from lightning_lossval.updates import RULES, Adam, Balanced, UpdateRule
@@ -165,4 +163,4 @@ def check_resume(saved: dict[str, Any], preset: Preset) -> None:
             f"resume with objective={named[0] if named else saved!r} or start a new fit"
         )
     if saved_lr != current["lr"]:
-        rank_zero_warn(f"resuming LossVal weights learned with lr={saved_lr} with lr={current['lr']}")
+        warn(f"resuming LossVal weights learned with lr={saved_lr} with lr={current['lr']}")

@@ -12,12 +12,11 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.trainer.states import RunningStage
-from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-from lightning_lossval.errors import DataError
+from lightning_lossval.errors import DataError, warn
 from lightning_lossval.metrics import detection_report
 from lightning_lossval.report import (
     detection_figure,
@@ -124,7 +123,7 @@ def save_values_somewhere(directory: Path, values: Tensor, columns: dict[str, li
     except OSError as error:
         fallback = Path(tempfile.mkdtemp(prefix="lossval-values-"))
         path = save_values(fallback, values, columns)
-        rank_zero_warn(
+        warn(
             f"LossVal could not write its values files into {directory} ({error.strerror or error}: "
             f"{error.filename or directory}); they are in {fallback} instead. Give a writable "
             "--trainer.default_root_dir (or logger save_dir) next time"

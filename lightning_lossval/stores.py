@@ -71,9 +71,9 @@ class _Store:
         self.selected -= len(self.pending) - self.fresh
         del self.pending[self.fresh :]
 
-    def _select(self, index: Tensor, leaf: Tensor | None) -> None:
-        # a second LossVal loss of the same batch in one training step is not a second visit of its rows
-        counts = not any(torch.equal(i, index) for i, _, _ in self.pending[self.fresh :])
+    def _select(self, index: Tensor, leaf: Tensor | None, alone: bool = False) -> None:
+        # not a visit: a second LossVal loss of the batch in one training step, or a row alone (nothing to compare)
+        counts = not alone and not any(torch.equal(i, index) for i, _, _ in self.pending[self.fresh :])
         self.pending.append((index, leaf, counts))
         self.selected += 1
 
@@ -211,7 +211,7 @@ class SparseWeights(_Store):
     def select(self, index: Tensor) -> Tensor:
         index = index.to(self.weights.device)
         leaf = self.weights[index].requires_grad_(True)
-        self._select(index, leaf)
+        self._select(index, leaf, alone=len(index) == 1 and self.rule.name == "balanced")
         return leaf
 
     def step(self, trainer: Trainer) -> None:

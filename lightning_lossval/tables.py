@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 
 import torch
 import yaml
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
-from lightning_lossval.errors import DataError
+from lightning_lossval.errors import DataError, warn
 
 # missing cells, in any case; "null" and "none" only in a column of numbers: in a text column they can be categories
 MISSING_WORDS = frozenset({"", "na", "n/a", "nan"})
@@ -292,7 +292,7 @@ def encode_features(
             index = {c: i for i, c in enumerate(categories)}
             unseen = [v for v in columns[1] if v not in index]
             if unseen:
-                rank_zero_warn(
+                warn(
                     f"column {column!r}: {len(unseen)} validation rows hold categories no training row has "
                     f"({listing(sorted_values(set(unseen))[:5])}); they are encoded as all zeros for that column"
                 )

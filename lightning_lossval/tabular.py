@@ -13,12 +13,12 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_lossval.cells import check_cells
-from lightning_lossval.errors import DataError
+from lightning_lossval.errors import DataError, warn
 from lightning_lossval.noise import NOISE_KINDS, inject_noise
 from lightning_lossval.tables import (
     Table,
@@ -195,7 +195,7 @@ class TabularDataModule(LightningDataModule):
         if not 0.0 <= noise_rate <= 1.0:
             raise DataError(f"--data.noise_rate is the fraction of rows to corrupt, in [0, 1]; got {noise_rate}")
         if noise == "none" and noise_rate > 0:
-            rank_zero_warn(
+            warn(
                 f"--data.noise_rate {noise_rate} corrupts nothing with --data.noise none; name a kind: "
                 "--data.noise label, feature or mixed"
             )

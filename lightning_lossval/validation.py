@@ -260,4 +260,4 @@ def _checked(
             "multi-hot targets as floats from lossval_targets(batch); per-token targets have no one label per row, "
             "so set label_weight=0"
         )
-    return joined, torch.cat(targets)
+    return joined, torch.cat([t if t.is_floating_point() else t.reshape(len(t)) for t in targets])  # classes: [V]

@@ -123,6 +123,15 @@ def test_values_file_and_tensorboard(tmp_path, capsys):
     assert image.width > 500 and image.height > 200
 
 
+def test_tensorboard_steps_with_gradient_accumulation_are_lightnings(tmp_path):
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    fit(tmp_path, epochs=1, logger=logger, accumulate_grad_batches=2, log_every_n_steps=1, limit_train_batches=8)
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "scalars": 0})
+    events.Reload()
+    ours = [e.step for e in events.Histograms("lossval/weights")]
+    assert ours == [e.step for e in events.Scalars("train_loss")] == [0, 1, 2, 3]  # once per optimizer step
+
+
 @pytest.mark.parametrize("objective", ["default", "paper"], ids=["sparse", "dense"])
 def test_resume_equals_uninterrupted_run(tmp_path, objective):
     def run(epochs, root, ckpt_path=None):
@@ -630,9 +639,17 @@ def test_non_finite_features_say_which_rows(tmp_path, objective):
 
 def test_batches_of_one_row_are_said_to_teach_the_default_nothing(tmp_path):
     data = BlobData(n=40, batch_size=1)
-    with pytest.warns(UserWarning, match=r"first training batch holds one row.*at least 2"):
+    with pytest.warns(UserWarning, match=r"a training batch holds one row.*not valued there.*at least 2 rows"):
         _, _, cb = fit(tmp_path, data=IndexedDataModule(data), epochs=1)
     assert (cb.values == 1).all()  # what the warning is about: no row stands out from a batch of itself
+    assert (cb.visits == 0).all()  # so none was measured: none is flagged, the printout says so
+
+
+def test_a_last_batch_of_one_row_is_no_visit(tmp_path):
+    # 33 rows in batches of 16: every epoch one row is alone in the last batch, and the default cannot value it
+    with pytest.warns(UserWarning, match=r"drop_last=True when the last batch of an epoch is left with one"):
+        _, _, cb = fit(tmp_path, data=IndexedDataModule(BlobData(n=33, batch_size=16)), epochs=3)
+    assert int(cb.visits.sum()) == 3 * 32
 
 
 class _ValidationSpy(L.Callback):

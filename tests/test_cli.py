@@ -559,13 +559,55 @@ def test_a_fit_ended_by_sigterm_exits_with_a_failure_status(monkeypatch):
     assert exit_info.value.code == 143  # 128 + SIGTERM, as a shell reports a process the signal ended
 
 
-def test_the_cli_shows_lossvals_warnings_without_a_source_line():
-    import lightning_lossval.cells as cells
+def test_every_values_folder_keeps_the_config_that_made_it(tmp_path):
+    import yaml
 
-    ours = cli._format_warning("the id column repeats 'c1'", UserWarning, cells.__file__, 46)
-    assert ours == "lossval: warning: the id column repeats 'c1'\n"
-    theirs = cli._format_warning("few workers", UserWarning, "/site-packages/lightning/loader.py", 7)
-    assert theirs.startswith("/site-packages/lightning/loader.py:7: ") and "few workers" in theirs  # as they were
+    def seeds(configs):
+        return [yaml.safe_load(path.read_text())["seed_everything"] for path in configs]
+
+    def fit(root, seed, *args):
+        base = ["--config", str(CONFIGS / "default.yaml"), "--trainer.default_root_dir", str(root)]
+        main(
+            [
+                "fit",
+                *base,
+                *QUIET,
+                "--trainer.max_epochs",
+                "1",
+                "--trainer.limit_train_batches",
+                "4",
+                "--seed_everything",
+                str(seed),
+                *args,
+            ]
+        )
+
+    # a logger with a fixed version: the second fit's values and config go to lossval/version_0 inside its folder
+    fixed = ["--trainer.logger", "lightning.pytorch.loggers.TensorBoardLogger", "--trainer.logger.version", "0"]
+    for seed in (0, 7):
+        fit(tmp_path, seed, *fixed, "--trainer.logger.save_dir", str(tmp_path))
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    assert seeds([run_dir / "config.yaml", run_dir / "lossval" / "version_0" / "config.yaml"]) == [0, 7]
+    # no logger: every run's values folder of its own, each with its config
+    for seed in (1, 2):
+        fit(tmp_path / "plain", seed, "--trainer.logger", "false")
+    assert seeds(sorted((tmp_path / "plain" / "lossval").glob("version_*/config.yaml"))) == [1, 2]
+
+
+def test_the_cli_shows_lossvals_warnings_without_a_source_line(tmp_path, capsys):
+    import warnings
+
+    rows = [[f"c{i % 20}", f"{(i * 7) % 11}.5", str(i % 2)] for i in range(60)]  # ids repeat: a LossVal warning
+    write_csv(tmp_path / "t.csv", ["customer_id", "x1", "label"], rows)
+    data = ["--data.train_csv", "t.csv", "--data.target", "label", "--data.id_column", "customer_id"]
+    command = [sys.executable, "-m", "lightning_lossval.cli", "fit", "--config", str(CONFIGS / "csv.yaml"), *data]
+    done = subprocess.run([*command, *QUIET, "--trainer.max_epochs", "1"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "\nlossval: warning: the id column 'customer_id' of t.csv repeats" in done.stderr
+    assert "cells.py" not in done.stderr  # no source line for the data's problem
+    before = warnings.formatwarning
+    main(["configs"])
+    assert warnings.formatwarning is before  # the caller's formatter is back
 
 
 def test_a_folder_the_run_cannot_write_is_a_user_error_naming_it(tmp_path, monkeypatch, capsys):

@@ -152,13 +152,15 @@ def test_a_validation_dataset_the_default_collate_cannot_batch_names_the_fix():
         fit(callback=LossValCallback(val_data=Ragged(data.val_set.tensors[0])), train_dataloaders=train_loader(data))
 
 
-def test_label_aware_transport_joins_class_targets_of_loaders_with_other_integer_types():
+@pytest.mark.parametrize("form", ["int32 and int64 loaders", "[V, 1]"])
+def test_label_aware_transport_takes_class_targets_of_other_integer_types_and_shapes(form):
     data = BlobData()
     x, y = data.val_set.tensors
     parts = [DataLoader(TensorDataset(x[:50], y[:50].int())), DataLoader(TensorDataset(x[50:], y[50:]))]
-    callback = LossValCallback(val_data=parts, objective={"label_weight": 1.0}, export=False, show=0)
-    cb = fit(callback=callback, train_dataloaders=train_loader(data))
-    assert torch.equal(cb._validation.labels, y)
+    val_data = parts if form == "int32 and int64 loaders" else (x, y[:, None])
+    callback = LossValCallback(val_data=val_data, objective={"label_weight": 1.0}, export=False, show=0)
+    cb = fit(callback=callback, train_dataloaders=train_loader(data))  # the training targets are [B] classes
+    assert torch.equal(cb._validation.labels, y) and (cb.values != 1).any()
 
 
 def test_label_aware_transport_refuses_integer_targets_of_several_values_per_row():
