@@ -73,8 +73,12 @@ class SaveRunConfig(SaveConfigCallback):
     their own (``lossval/version_N``: no logger, or a log folder an earlier fit's values are in, whose
     ``config.yaml`` stays that fit's): every values file keeps the configuration that made it."""
 
+    lossval: LossValCallback | None = None  # the fit's, found at setup (a fit may fail before it)
+    earlier_values: Path | None = None
+
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        earlier = trainer.is_global_zero and (Path(trainer.log_dir or ".") / "values.csv").exists()
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks
+        earlier = trainer.is_global_zero and log_dir is not None and (Path(log_dir) / "values.csv").exists()
         self.save_to_log_dir = not trainer.strategy.broadcast(earlier)
         self.lossval = next((c for c in trainer.callbacks if isinstance(c, LossValCallback)), None)
         self.earlier_values = getattr(self.lossval, "values_path", None)
@@ -82,7 +86,7 @@ class SaveRunConfig(SaveConfigCallback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         path = getattr(self.lossval, "values_path", None)  # LossValCallback's hooks ran before this one's
-        if trainer.is_global_zero and path is not None and path != self.earlier_values:
+        if path is not None and path != self.earlier_values and trainer.is_global_zero:
             config = Path(path).parent / self.config_filename
             if not config.exists():
                 self.parser.save(self.config, str(config), skip_none=False, multifile=self.multifile)
@@ -235,10 +239,8 @@ class LossValCLI(LightningCLI):
                 )
             callbacks = [c for c in callbacks if not isinstance(c, LossValCallback)]
         trainer = super()._instantiate_trainer(config, callbacks)
-        saved = {logger.save_dir for logger in trainer.loggers if logger.save_dir}  # else the root holds the run
-        for folder in (
-            saved if saved and all(logger.save_dir for logger in trainer.loggers) else {trainer.default_root_dir}
-        ):
+        saved = [logger.save_dir for logger in trainer.loggers]  # the run's folders; without them, the root's
+        for folder in set(saved) if saved and all(saved) else {trainer.default_root_dir}:
             _check_writable(str(folder))
         return trainer
 

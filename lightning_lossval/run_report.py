@@ -172,8 +172,8 @@ def print_report(
     unseen = int((~measured).sum())
     if unseen:
         lines.append(
-            f"{unseen} of {len(values)} rows were never in a training batch; their value 1.0 means unmeasured "
-            "(visits = 0 in values.csv)"
+            f"{unseen} of {len(values)} rows were never measured (in no training batch, or alone in one); their "
+            "value 1.0 means unmeasured (visits = 0 in values.csv)"
         )
     if rows:  # show=0: no rows, no cut
         flagged = flagged_rows(values, columns)

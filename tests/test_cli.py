@@ -594,6 +594,12 @@ def test_every_values_folder_keeps_the_config_that_made_it(tmp_path):
     assert seeds(sorted((tmp_path / "plain" / "lossval").glob("version_*/config.yaml"))) == [1, 2]
 
 
+def test_a_fit_failing_before_the_config_callbacks_setup_keeps_its_own_error():
+    # a DataModule's setup raising: Lightning calls on_exception of callbacks whose setup never ran
+    unset = object.__new__(cli.SaveRunConfig)
+    assert unset.on_exception(None, None, ValueError("my data is broken")) is None
+
+
 def test_the_cli_shows_lossvals_warnings_without_a_source_line(tmp_path, capsys):
     import warnings
 

@@ -120,3 +120,25 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, la
     assert a["global_step"] == b["global_step"]
     assert (a["values"] - 1).abs().max() > 0.02  # sparse stores: a few lr per visit, 3 visits
     assert (a["values"] - b["values"]).abs().max().item() <= 1e-6
+
+
+def test_the_lossval_command_runs_under_ddp(tmp_path):
+    # the CLI's own callbacks (the config saved beside the values, the writable check) take part in the collectives
+    config = Path(__file__).parents[1] / "configs" / "default.yaml"
+    args = ["--config", str(config), "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator"]
+    args += ["cpu", "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(tmp_path)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "lightning_lossval.cli", "fit", *args, "--trainer.enable_progress_bar", "false"],
+        env=ENV,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        finish(process)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    (values,) = tmp_path.rglob("values.csv")  # written once, by global rank zero
+    assert (values.parent / "config.yaml").exists() and len(values.read_text().splitlines()) == 1618

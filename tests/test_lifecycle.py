@@ -319,7 +319,10 @@ def test_rows_no_batch_visited_are_counted_and_reported(tmp_path, objective, cap
     assert flagged and all(r["visits"] == "2" for r in flagged)  # the unmeasured 1.0s are never flagged
     assert torch.equal(torch.load(callback.values_path.with_suffix(".pt")), callback.values)  # still the [N] values
     printed = capsys.readouterr().out
-    assert "200 of 400 rows were never in a training batch; their value 1.0 means unmeasured" in printed
+    assert (
+        "200 of 400 rows were never measured (in no training batch, or alone in one); their value 1.0 means unmeasured"
+        in printed
+    )
     assert f"flags {len(flagged)} of the 200 measured rows (value <= " in printed
     auroc = detection_report(callback.values[seen], noisy[seen])["auroc"]  # the unmeasured rows say nothing
     assert f"detection of the {int(noisy[seen].sum())} known noisy samples among the 200 measured rows: " in printed
