@@ -13,7 +13,7 @@ from lightning_lossval.errors import DataError, warn
 from lightning_lossval.objective import Validation
 from lightning_lossval.stores import diverged
 from lightning_lossval.updates import UpdateRule
-from lightning_lossval.validation import training_features
+from lightning_lossval.validation import one_class_per_row, training_features
 
 LOWER_LR = "the network has diverged: lower its learning rate"
 INDEX_HELP = (
@@ -133,6 +133,6 @@ def check_first_batch(
 
 
 def _kind(targets: Tensor) -> str:
-    if not targets.is_floating_point() and targets[0].numel() == 1:  # [N] or [N, 1] integer classes
+    if one_class_per_row(targets):
         return "class indices [N]"
     return f"numeric targets with {targets[0].numel()} value(s) per row"

@@ -45,6 +45,7 @@ from lightning_lossval.callback import LossValCallback
 from lightning_lossval.datamodule import IndexedDataModule
 from lightning_lossval.errors import ConfigError, LossValError, LossValWarning
 from lightning_lossval.ranks import check_strategy
+from lightning_lossval.run_report import holds_values
 
 # model init parameter -> the DataModule attribute the CLI fills it from
 DATA_SIZES = {
@@ -78,7 +79,7 @@ class SaveRunConfig(SaveConfigCallback):
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         log_dir = trainer.log_dir  # a collective under DDP: every rank asks
-        earlier = trainer.is_global_zero and log_dir is not None and (Path(log_dir) / "values.csv").exists()
+        earlier = trainer.is_global_zero and log_dir is not None and holds_values(log_dir)
         self.save_to_log_dir = not trainer.strategy.broadcast(earlier)
         self.lossval = next((c for c in trainer.callbacks if isinstance(c, LossValCallback)), None)
         self.earlier_values = getattr(self.lossval, "values_path", None)

@@ -3,6 +3,7 @@ files go, the final printout."""
 
 from __future__ import annotations
 
+import os
 import shlex
 import tempfile
 from pathlib import Path
@@ -99,11 +100,16 @@ def values_dir(trainer: Trainer) -> Path:
     return Path(trainer.strategy.broadcast(_run_dir(trainer)))
 
 
+def holds_values(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds a fit's values files already (so that another fit's go elsewhere)."""
+    return (Path(directory) / "values.csv").exists()
+
+
 def _run_dir(trainer: Trainer) -> str | None:
     """:func:`values_dir` as this process sees it, without the broadcast (``None`` off rank zero without a
     logger)."""
     directory = trainer.loggers[0].log_dir if trainer.loggers else None
-    if not trainer.is_global_zero or (directory is not None and not (Path(directory) / "values.csv").exists()):
+    if not trainer.is_global_zero or (directory is not None and not holds_values(directory)):
         return directory
     # no logger folder, or one an earlier fit's values files are in (a second fit of this Trainer, a logger's fixed
     # version): a new folder, so no fit overwrites another's values

@@ -210,6 +210,11 @@ def _rows(features: Tensor) -> Tensor:
     return features.flatten(1) if features.dim() > 1 else features.reshape(-1, 1)
 
 
+def one_class_per_row(targets: Tensor) -> bool:
+    """Whether ``targets`` are integer classes, one per row: ``[N]`` or ``[N, 1]``."""
+    return not targets.is_floating_point() and math.prod(targets.shape[1:]) == 1
+
+
 def _checked(
     features: list[Tensor], targets: list[Tensor | None], with_labels: bool, origin: str, device: torch.device
 ) -> tuple[Tensor, Tensor | None]:
@@ -248,7 +253,7 @@ def _checked(
         )
     # integer targets hold one class per row ([V] or [V, 1]); float ones one or K numbers; int32 joins int64
     kinds = {("float" if t.is_floating_point() else "integer", tuple(t.shape[1:])) for t in targets}
-    classes = all(t.is_floating_point() or math.prod(t.shape[1:]) == 1 for t in targets)
+    classes = all(t.is_floating_point() or one_class_per_row(t) for t in targets)
     counted = sum(len(t) for t in targets)
     if len(kinds) > 1 or not classes or counted != rows:
         found = ", ".join(f"{kind} [rows{''.join(f', {n}' for n in shape)}]" for kind, shape in sorted(kinds))
@@ -260,4 +265,4 @@ def _checked(
             "multi-hot targets as floats from lossval_targets(batch); per-token targets have no one label per row, "
             "so set label_weight=0"
         )
-    return joined, torch.cat([t if t.is_floating_point() else t.reshape(len(t)) for t in targets])  # classes: [V]
+    return joined, torch.cat([t.reshape(len(t)) if one_class_per_row(t) else t for t in targets])  # classes: [V]
