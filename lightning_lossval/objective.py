@@ -140,13 +140,13 @@ def zero_one(values: Tensor) -> Tensor:
 
 
 def balanced_by_class(masses: Tensor, targets: Tensor | None) -> Tensor:
-    """:func:`class_balanced` ``masses`` ``[B]`` when ``targets`` are classes: integer ``[B]``, or 0/1
-    floats ``[B]`` or ``[B, 1]`` (binary cross-entropy's targets); ``masses`` as they are otherwise."""
-    if targets is None or targets.numel() != masses.numel() or targets.dim() > 2:
+    """:func:`class_balanced` ``masses`` ``[B]`` when ``targets`` are classes, one per row: integers,
+    or 0/1 floats (binary cross-entropy's targets), ``[B]`` or ``[B, 1]``; ``masses`` as they are otherwise."""
+    if targets is None or targets.numel() != masses.numel() or targets.shape[0] != masses.numel():
         return masses
-    if not targets.is_floating_point():
-        return class_balanced(masses, targets) if targets.dim() == 1 else masses
     classes = targets.reshape(-1)
+    if not targets.is_floating_point():
+        return class_balanced(masses, classes)
     return torch.where(zero_one(classes), class_balanced(masses, classes), masses)
 
 

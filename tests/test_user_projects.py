@@ -68,15 +68,15 @@ def test_batch_hooks_of_the_module_and_other_callbacks_see_the_users_batch(tmp_p
 
 
 def test_binary_float_targets_are_balanced_as_classes():
-    """BCE's 0/1 float targets, [B] or [B, 1], keep each class's share like integer classes do; other
+    """BCE's 0/1 float targets and integer classes, [B] or [B, 1], keep each class's share; other
     float targets (regression) leave the masses alone."""
     masses = torch.tensor([0.2, 1.0, 1.5, 0.5, 1.0])
     classes = torch.tensor([1, 0, 0, 0, 1])
     expected = class_balanced(masses, classes)
     assert not torch.allclose(expected, masses)
-    for targets in (classes, classes.float(), classes.float().unsqueeze(1)):
+    for targets in (classes, classes.unsqueeze(1), classes.float(), classes.float().unsqueeze(1)):
         torch.testing.assert_close(balanced_by_class(masses, targets), expected)
-    for targets in (torch.tensor([0.0, 0.5, 1.0, 2.0, 1.0]), classes.unsqueeze(1), None, torch.ones(5, 3)):
+    for targets in (torch.tensor([0.0, 0.5, 1.0, 2.0, 1.0]), classes.unsqueeze(0), None, torch.ones(5, 3)):
         torch.testing.assert_close(balanced_by_class(masses, targets), masses)
 
 
