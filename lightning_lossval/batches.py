@@ -38,7 +38,7 @@ def batch_features(
             "the per-sample losses given to lossval_loss carry no gradient (computed under torch.no_grad() or "
             "detached), so the network would not train: pass the losses as the loss function returns them"
         )
-    if index.shape[0] == 1 and rule.name == "balanced":
+    if index.shape[0] == 1 and rule.relative:
         warn(
             "a training batch holds one row: the default update values a row against the rest of its batch, so the "
             "row is not valued there and that visit is not counted; use batches of at least 2 rows (drop_last=True "

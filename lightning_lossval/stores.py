@@ -211,7 +211,7 @@ class SparseWeights(_Store):
     def select(self, index: Tensor) -> Tensor:
         index = index.to(self.weights.device)
         leaf = self.weights[index].requires_grad_(True)
-        self._select(index, leaf, alone=len(index) == 1 and self.rule.name == "balanced")
+        self._select(index, leaf, alone=len(index) == 1 and self.rule.relative)
         return leaf
 
     def step(self, trainer: Trainer) -> None:

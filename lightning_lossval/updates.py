@@ -34,6 +34,7 @@ class UpdateRule:
     name: ClassVar[str]
     sparse_only: ClassVar[bool] = True  # moves only the batch's samples: needs the sparse store
     synced: ClassVar[tuple[str, ...]] = ()  # running state averaged over DDP ranks at every step
+    relative: ClassVar[bool] = False  # values a row against the rest of its batch: a row alone is not valued
     lr: float
 
     def check(self, objective: Objective) -> None:
@@ -147,6 +148,7 @@ class Balanced(UpdateRule):
     """
 
     name: ClassVar[str] = "balanced"
+    relative: ClassVar[bool] = True
     synced: ClassVar[tuple[str, ...]] = ("loss_scale", "ratio", "target_mean", "target_var", "target_fit")
     lr: float = 0.05
     ot_share: float | Literal["auto"] = "auto"
