@@ -20,6 +20,9 @@ METRIC_NAMES = {
 }
 
 
+OWN_COLUMNS = ("rank", "index", "prediction", "noisy", "visits", "value", "flagged")  # values.csv's LossVal columns
+
+
 def values_table(
     values: Tensor, columns: dict[str, list] | None = None, limit: int | None = None
 ) -> list[dict[str, Any]]:

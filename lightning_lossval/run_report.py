@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from lightning_lossval.errors import DataError, warn
 from lightning_lossval.metrics import detection_report
 from lightning_lossval.report import (
+    OWN_COLUMNS,
     detection_figure,
     flagged_rows,
     format_metrics,
@@ -245,6 +246,15 @@ def _datamodule_columns(trainer: Trainer) -> dict[str, list]:
     is a ``Subset`` (``random_split``'s parts): a row's position in the dataset the subset was taken from."""
     datamodule = trainer.datamodule
     columns = dict(datamodule.row_columns()) if callable(getattr(datamodule, "row_columns", None)) else {}
+    n = len(trainer.train_dataloader.dataset)
+    for name in [name for name, column in columns.items() if name in OWN_COLUMNS or len(column) != n]:
+        column = columns.pop(name)
+        wrong = (
+            "LossVal writes a column of that name; rename yours"
+            if name in OWN_COLUMNS
+            else f"it has {len(column)} entries for {n} training rows; return one per row, in dataset order"
+        )
+        warn(f"the DataModule's row_columns() column {name!r} is left out of values.csv: {wrong}")
     dataset = getattr(getattr(trainer.train_dataloader, "dataset", None), "dataset", None)  # inside IndexedDataset
     if isinstance(dataset, Subset) and "dataset_row" not in columns:
         rows = list(range(len(dataset)))

@@ -123,6 +123,27 @@ def test_values_file_and_tensorboard(tmp_path, capsys):
     assert image.width > 500 and image.height > 200
 
 
+class ColumnsData(BlobData):
+    """A DataModule whose row_columns() has a good column, one a row short and one named like LossVal's."""
+
+    def row_columns(self):
+        n = len(self.train_set)
+        return {"id": [f"s{i}" for i in range(n)], "short": list(range(n - 1)), "index": list(range(n))}
+
+
+def test_a_datamodules_wrong_row_columns_are_left_out_with_a_warning(tmp_path):
+    with pytest.warns(UserWarning) as caught:
+        _, _, cb = fit(tmp_path, data=IndexedDataModule(ColumnsData()), epochs=1)
+    said = " ".join(str(w.message) for w in caught)
+    assert "column 'short' is left out of values.csv: it has 399 entries for 400 training rows" in said
+    assert "column 'index' is left out of values.csv: LossVal writes a column of that name" in said
+    with open(cb.values_path) as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["rank", "index", "id", "visits", "value", "flagged"]
+    assert all(r["id"] == f"s{r['index']}" for r in rows)  # LossVal's index, aligned with the kept column
+    assert torch.equal(torch.load(cb.values_path.with_suffix(".pt")), cb.values)
+
+
 def test_tensorboard_steps_with_gradient_accumulation_are_lightnings(tmp_path):
     logger = TensorBoardLogger(tmp_path, name="tb")
     fit(tmp_path, epochs=1, logger=logger, accumulate_grad_batches=2, log_every_n_steps=1, limit_train_batches=8)
